@@ -1,0 +1,111 @@
+"""DeepSeek-3B-MoE decoder (DeepSeek-V2 with MHA), official key names, explicit KV cache I/O.
+
+Letters: B batch, T new tokens, P cached tokens, D hidden, H heads, hd head dim, E routed experts.
+KV layout (one pair per layer): [B, P, H, hd] ("BSHD"), keys stored after RoPE.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dsocr.runtime.config import DecoderConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)  # cast first, then the gain (official order)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d: int, inner: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(d, inner, bias=False)
+        self.up_proj = nn.Linear(d, inner, bias=False)
+        self.down_proj = nn.Linear(inner, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        d = cfg.hidden_size
+        self.heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def forward(self, x, cos, sin, mask, past_k, past_v):
+        # x: [B,T,D]; cos/sin: [B,T,hd]; mask: [B,1,T,P+T]; past_k/v: [B,P,H,hd]
+        b, t, d = x.shape
+        shape = (b, t, self.heads, self.head_dim)
+        q, k, v = self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape)
+        c, s = cos.unsqueeze(2), sin.unsqueeze(2)  # [B,T,1,hd]
+        q = q * c + rotate_half(q) * s
+        k = k * c + rotate_half(k) * s
+        keys = torch.cat([past_k, k], dim=1).permute(0, 2, 3, 1)  # [B,H,hd,P+T]
+        vals = torch.cat([past_v, v], dim=1).transpose(1, 2)  # [B,H,P+T,hd]
+        scores = torch.matmul(q.transpose(1, 2), keys) * (self.head_dim**-0.5) + mask
+        probs = scores.float().softmax(-1).to(x.dtype)
+        out = torch.matmul(probs, vals).transpose(1, 2).reshape(b, t, d)
+        return self.o_proj(out), k, v
+
+
+class MoE(nn.Module):
+    """Softmax top-k routing (greedy, no renormalisation), routed experts + one shared SwiGLU."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        d = cfg.hidden_size
+        self.top_k, self.scale, self.norm = cfg.num_experts_per_tok, cfg.routed_scaling_factor, cfg.norm_topk_prob
+        self.gate = nn.Linear(d, cfg.n_routed_experts, bias=False)
+        self.experts = nn.ModuleList(SwiGLU(d, cfg.moe_intermediate_size) for _ in range(cfg.n_routed_experts))
+        self.shared_experts = SwiGLU(d, cfg.moe_intermediate_size * cfg.n_shared_experts)
+
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, D] -> dense routing weights [N, E] (zero off the top-k), fp32."""
+        probs = F.linear(x.float(), self.gate.weight.float()).softmax(-1)
+        w, idx = torch.topk(probs, self.top_k, dim=-1)
+        if self.norm:
+            w = w / (w.sum(-1, keepdim=True) + 1e-20)
+        return torch.zeros_like(probs).scatter(1, idx, w * self.scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B,T,D]
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        dense_w = self.route(flat)  # [N, E]
+        out = self.shared_experts(flat).float()
+        for e, expert in enumerate(self.experts):
+            tok = torch.nonzero(dense_w[:, e] > 0).squeeze(1)  # [n_e] tokens routed to e
+            y = expert(flat.index_select(0, tok)).float() * dense_w.index_select(0, tok)[:, e : e + 1]
+            out = out.index_add(0, tok, y)
+        return out.to(x.dtype).reshape(shape)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: DecoderConfig, i: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MoE(cfg) if cfg.is_moe(i) else SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x, cos, sin, mask, past_k, past_v):
+        a, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask, past_k, past_v)
+        h = x + a
+        return h + self.mlp(self.post_attention_layernorm(h)), k, v
