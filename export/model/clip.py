@@ -32,13 +32,20 @@ class Embeddings(nn.Module):
         self.position_embedding = nn.Embedding(cfg.grid * cfg.grid + 1, cfg.width)
         # Official persistent buffer; the positions actually looked up (arange unless a checkpoint says otherwise).
         self.register_buffer("position_ids", torch.arange(cfg.grid * cfg.grid + 1)[None], persistent=True)
+        self.frozen: dict[int, torch.Tensor] = {}
+
+    def pos(self, grid: int) -> torch.Tensor:
+        """Position table [1 + grid*grid, C]; frozen ones are graph constants at export."""
+        if grid in self.frozen:
+            return self.frozen[grid]
+        return resize_clip_pos(self.position_embedding(self.position_ids[0]), grid)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:  # feats: [B, C, g, g] -> [B, T, C]
         b, c, g, _ = feats.shape
         x = feats.flatten(2).transpose(1, 2)
         cls = self.class_embedding.expand(b, 1, c).to(x.dtype)
         x = torch.cat([cls, x], dim=1)
-        return x + resize_clip_pos(self.position_embedding(self.position_ids[0]), g)
+        return x + self.pos(g)
 
 
 class SelfAttention(nn.Module):

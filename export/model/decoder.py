@@ -93,7 +93,8 @@ class MoE(nn.Module):
         for e, expert in enumerate(self.experts):
             tok = torch.nonzero(dense_w[:, e] > 0).squeeze(1)  # [n_e] tokens routed to e
             y = expert(flat.index_select(0, tok)).float() * dense_w.index_select(0, tok)[:, e : e + 1]
-            out = out.index_add(0, tok, y)
+            # indices are unique within one expert: gather + add + scatter needs no scatter reduction
+            out = out.index_put((tok,), out.index_select(0, tok) + y)
         return out.to(x.dtype).reshape(shape)
 
 

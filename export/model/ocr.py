@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from dsocr.runtime.config import ModelConfig
+from dsocr.runtime.modes import DOWNSAMPLE, PATCH
 
 from ..weights import OPTIONAL_KEYS, check_state_dict, load_state_dict
 from .clip import ClipTrunk
@@ -68,6 +69,14 @@ class DeepseekOCR(nn.Module):
                 state[key] = _materialise_default(model, key)
         model.load_state_dict(state, strict=True, assign=True)
         return model.eval()
+
+    @torch.no_grad()
+    def freeze_tables(self, size: int) -> None:
+        """Precompute every size-dependent table for an S x S view (before ONNX export)."""
+        self.model.sam_model.freeze_tables(size)
+        emb = self.model.vision_model.embeddings
+        grid = size // PATCH // DOWNSAMPLE
+        emb.frozen[grid] = emb.pos(grid)
 
     # --- vision -----------------------------------------------------------------------------
     def encode_views(self, pixels: torch.Tensor) -> torch.Tensor:

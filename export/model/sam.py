@@ -77,14 +77,20 @@ class Attention(nn.Module):
         self.proj = nn.Linear(c, c)
         self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_size - 1, self.head_dim))
         self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_size - 1, self.head_dim))
+        self.frozen: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def tables(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Rh [h,h,hd], Rw [w,w,hd]); frozen ones are graph constants at export."""
+        if (h, w) in self.frozen:
+            return self.frozen[(h, w)]
+        return rel_pos_table(self.rel_pos_h, h), rel_pos_table(self.rel_pos_w, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, n, n, C]
         b, h, w, c = x.shape
         nh, hd = self.heads, self.head_dim
         qkv = self.qkv(x).reshape(b, h * w, 3, nh, hd).permute(2, 0, 3, 1, 4)  # [3, B, nh, n*n, hd]
         q, k, v = qkv[0], qkv[1], qkv[2]
-        rh = rel_pos_table(self.rel_pos_h, h)  # [n, n, hd]  (i, k)
-        rw = rel_pos_table(self.rel_pos_w, w)
+        rh, rw = self.tables(h, w)  # [n, n, hd]  (i, k)
         rq = q.reshape(b * nh, h, w, hd)
         # rel_h[b, i, j, k] = <q[b,i,j], rh[i,k]> as a batched matmul over i (no Einsum in the graph)
         rel_h = torch.matmul(rq.permute(1, 0, 2, 3).reshape(h, b * nh * w, hd), rh.transpose(1, 2))
@@ -158,10 +164,21 @@ class SamEncoder(nn.Module):
         c2, c3 = cfg.downsample_channels
         self.net_2 = nn.Conv2d(n, c2, 3, stride=2, padding=1, bias=False)
         self.net_3 = nn.Conv2d(c2, c3, 3, stride=2, padding=1, bias=False)
+        self.frozen: dict[int, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def freeze_tables(self, size: int) -> None:
+        """Precompute the size-dependent tables (resized pos-embed, rel-pos) for an S x S input."""
+        grid = size // self.patch_embed.proj.stride[0]
+        self.frozen[grid] = resize_abs_pos(self.pos_embed, grid)
+        for blk in self.blocks:
+            n = blk.window or grid
+            blk.attn.frozen[(n, n)] = blk.attn.tables(n, n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)  # [B, G, G, C]
-        x = x + resize_abs_pos(self.pos_embed, x.shape[1])
+        grid = x.shape[1]
+        x = x + (self.frozen[grid] if grid in self.frozen else resize_abs_pos(self.pos_embed, grid))
         for blk in self.blocks:
             x = blk(x)
         x = self.neck(x.permute(0, 3, 1, 2))  # [B, 256, G, G]

@@ -1,0 +1,129 @@
+"""PyTorch -> ONNX for the three graph kinds (vision per size, token embedding, decoder with KV I/O).
+
+Letters: B batch, S view side, g token grid, T new tokens, P cached tokens, D hidden, V vocab.
+Graphs are opset 17, static except for the named symbolic dims, with standard ops only (see
+parser_support.py); size-dependent tables are frozen to constants before tracing.
+"""
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from dsocr.runtime.manifest import GraphSpec, TensorSpec
+from dsocr.runtime.modes import DOWNSAMPLE, PATCH
+
+from .model.ocr import DeepseekOCR
+
+OPSET = 17
+EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of initializers above which weights go to <graph>.onnx.data
+
+
+class _Vision(nn.Module):
+    def __init__(self, model: DeepseekOCR):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # [B,3,S,S] -> [B, g*g, D]
+        return self.model.encode_views(pixel_values)
+
+
+class _Embed(nn.Module):
+    def __init__(self, model: DeepseekOCR):
+        super().__init__()
+        self.embed_tokens = model.model.embed_tokens
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [B,T] -> [B,T,D]
+        return self.embed_tokens(input_ids)
+
+
+class _Decoder(nn.Module):
+    def __init__(self, model: DeepseekOCR):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs_embeds, cos, sin, attention_mask, *past):
+        logits, pk, pv = self.model.decode(inputs_embeds, cos, sin, attention_mask, list(past[0::2]), list(past[1::2]))
+        out = [logits]
+        for k, v in zip(pk, pv):
+            out += [k, v]
+        return tuple(out)
+
+
+def kv_names(num_layers: int, prefix: str) -> list[str]:
+    return [f"{prefix}_{kv}.{i}" for i in range(num_layers) for kv in ("key", "value")]
+
+
+def _save(module: nn.Module, args: tuple, path: Path, names_in, names_out, dynamic_axes) -> None:
+    """Trace to ONNX; large graphs get one external-data file next to them."""
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = Path(tmp) / "raw.onnx"
+        torch.onnx.export(
+            module, args, str(raw), dynamo=False, opset_version=OPSET, input_names=names_in,
+            output_names=names_out, dynamic_axes=dynamic_axes, do_constant_folding=True,
+        )
+        proto = onnx.load(str(raw), load_external_data=True)
+    big = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD
+    data = path.name + ".data"
+    onnx.save_model(
+        proto, str(path), save_as_external_data=big, all_tensors_to_one_file=True, location=data,
+        size_threshold=1024,
+    )
+
+
+def export_vision(model: DeepseekOCR, size: int, path: Path) -> GraphSpec:
+    model.freeze_tables(size)
+    g = size // PATCH // DOWNSAMPLE
+    d = model.config.projector_out
+    x = torch.zeros(1, 3, size, size)
+    dyn = {"pixel_values": {0: "batch"}, "image_features": {0: "batch"}}
+    _save(_Vision(model), (x,), path, ["pixel_values"], ["image_features"], dyn)
+    return GraphSpec(
+        role="vision", file=path.name, size=size,
+        inputs=[TensorSpec("pixel_values", "float32", ["batch", 3, size, size])],
+        outputs=[TensorSpec("image_features", "float32", ["batch", g * g, d])],
+    )
+
+
+def export_embed(model: DeepseekOCR, path: Path) -> GraphSpec:
+    d = model.config.decoder.hidden_size
+    ids = torch.zeros(1, 4, dtype=torch.int64)
+    dyn = {"input_ids": {0: "batch", 1: "seq"}, "inputs_embeds": {0: "batch", 1: "seq"}}
+    _save(_Embed(model), (ids,), path, ["input_ids"], ["inputs_embeds"], dyn)
+    return GraphSpec(
+        role="embed", file=path.name,
+        inputs=[TensorSpec("input_ids", "int64", ["batch", "seq"])],
+        outputs=[TensorSpec("inputs_embeds", "float32", ["batch", "seq", d])],
+    )
+
+
+def export_decoder(model: DeepseekOCR, path: Path) -> GraphSpec:
+    cfg = model.config.decoder
+    n, h, hd, d = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.head_dim, cfg.hidden_size
+    t, p = 3, 2  # trace sizes; both axes are symbolic in the graph
+    args = (torch.zeros(1, t, d), torch.ones(1, t, hd), torch.zeros(1, t, hd), torch.zeros(1, 1, t, p + t))
+    args += tuple(torch.zeros(1, p, h, hd) for _ in range(2 * n))
+    past, present = kv_names(n, "past"), kv_names(n, "present")
+    names_in = ["inputs_embeds", "cos", "sin", "attention_mask"] + past
+    names_out = ["logits"] + present
+    dyn = {"inputs_embeds": {0: "batch", 1: "seq"}, "cos": {0: "batch", 1: "seq"}, "sin": {0: "batch", 1: "seq"},
+           "attention_mask": {0: "batch", 2: "seq", 3: "total"}, "logits": {0: "batch"}}
+    dyn.update({k: {0: "batch", 1: "past"} for k in past})
+    dyn.update({k: {0: "batch", 1: "seq"} for k in present})
+    _save(_Decoder(model), args, path, names_in, names_out, dyn)
+    kv = lambda name, s: TensorSpec(name, "float32", ["batch", s, h, hd])  # noqa: E731
+    return GraphSpec(
+        role="decoder", file=path.name,
+        inputs=[
+            TensorSpec("inputs_embeds", "float32", ["batch", "seq", d]),
+            TensorSpec("cos", "float32", ["batch", "seq", hd]),
+            TensorSpec("sin", "float32", ["batch", "seq", hd]),
+            TensorSpec("attention_mask", "float32", ["batch", 1, "seq", "total"]),
+        ] + [kv(k, "past") for k in past],
+        outputs=[TensorSpec("logits", "float32", ["batch", cfg.vocab_size])] + [kv(k, "seq") for k in present],
+    )
