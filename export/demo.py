@@ -1,0 +1,69 @@
+"""The built-in demo checkpoint: the official structure at reduced sizes, weights from the fixtures'
+deterministic rule, and a small byte-level tokenizer that has the official special tokens.
+
+Its text output is meaningless: it exists so that build -> run works on a fresh machine with no
+download. The real checkpoint is deepseek-ai/DeepSeek-OCR on Hugging Face.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dsocr.runtime.tokenizer import build_demo_tokenizer
+
+from .model.ocr import DeepseekOCR
+from .weights import OPTIONAL_KEYS, write_rule_checkpoint
+
+DEMO_VOCAB = 1024
+
+# Same reduced sizes as shared/fixtures/tiny (official layout of config.json).
+DEMO_CONFIG = {
+    "architectures": ["DeepseekOCRForCausalLM"],
+    "model_type": "deepseek_vl_v2",
+    "_name_or_path": "dsocr/demo (reduced sizes, rule weights: output text is meaningless)",
+    "projector_config": {"input_dim": 2048, "n_embed": 1280, "projector_type": "linear", "model_type": "mlp_projector"},
+    "vision_config": {
+        "image_size": 1024,
+        "width": {
+            "clip-l-14-224": {"heads": 16, "image_size": 224, "layers": 2, "patch_size": 14, "width": 1024},
+            "sam_vit_b": {"downsample_channels": [512, 1024], "global_attn_indexes": [1, 3], "heads": 2,
+                          "layers": 4, "width": 96},
+        },
+    },
+    "tile_tag": "2D",
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "first_k_dense_replace": 1,
+    "hidden_size": 1280,
+    "intermediate_size": 512,
+    "max_position_embeddings": 8192,
+    "moe_intermediate_size": 64,
+    "n_routed_experts": 8,
+    "n_shared_experts": 2,
+    "num_attention_heads": 10,
+    "num_experts_per_tok": 3,
+    "num_hidden_layers": 3,
+    "num_key_value_heads": 10,
+    "topk_method": "greedy",
+    "use_mla": False,
+    "vocab_size": DEMO_VOCAB,
+    "torch_dtype": "float32",
+}
+
+
+def state_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """Every checkpoint key of the official layout for `config`, with its shape (no weights made)."""
+    from dsocr.runtime.config import ModelConfig
+
+    with torch.device("meta"):
+        model = DeepseekOCR(ModelConfig.from_dict(config))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in OPTIONAL_KEYS}
+
+
+def write_demo_checkpoint(out_dir: str | Path, config: dict | None = None) -> Path:
+    """Write the demo checkpoint directory (config.json, model.safetensors, tokenizer.json)."""
+    config = dict(config or DEMO_CONFIG)
+    out = write_rule_checkpoint(out_dir, state_shapes(config), config)
+    build_demo_tokenizer(int(config["vocab_size"])).save(str(out / "tokenizer.json"))
+    return out

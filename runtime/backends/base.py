@@ -1,0 +1,62 @@
+"""Backend template (Polygraphy-runner style): public methods validate, then call `_impl` hooks.
+
+A backend runs the bundle's graphs: vision per view size, token embedding, and one decoder pass
+that reads the cache prefix and writes its new entries into the cache in place.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..kv_cache import KVCache
+from ..manifest import Manifest
+
+
+class Backend(ABC):
+    name = "base"
+
+    def __init__(self, bundle_dir: str | Path, manifest: Manifest):
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = manifest
+
+    # -- public, validated ---------------------------------------------------------------------
+    def vision(self, pixel_values: np.ndarray) -> np.ndarray:
+        """pixel_values [B,3,S,S] float32 -> image features [B, g*g, D] float32."""
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3 or pixel_values.shape[2] != pixel_values.shape[3]:
+            raise InputError(f"pixel_values must be [B,3,S,S], got {pixel_values.shape}")
+        spec = self.manifest.vision_graph(int(pixel_values.shape[2]))
+        return self._vision_impl(spec.file, np.ascontiguousarray(pixel_values, dtype=np.float32))
+
+    def embed(self, input_ids: np.ndarray) -> np.ndarray:
+        """input_ids [B,T] int64 -> [B,T,D] float32."""
+        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+        if ids.ndim != 2:
+            raise InputError(f"input_ids must be [B,T], got {ids.shape}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.manifest.vocab_size):
+            raise InputError(f"token ids must lie in [0, {self.manifest.vocab_size})")
+        return self._embed_impl(ids)
+
+    def decode(self, embeds: np.ndarray, cos: np.ndarray, sin: np.ndarray, mask: np.ndarray, cache: KVCache) -> np.ndarray:
+        """One pass over T new tokens: embeds [B,T,D], cos/sin [B,T,hd], mask [B,1,T,P+T] -> logits [B,V].
+
+        Writes the new K/V into cache[:, P:P+T] and advances cache.length to P+T.
+        """
+        start, stop = cache.reserve(embeds.shape[1])
+        if mask.shape[-1] != stop or mask.shape[-2] != embeds.shape[1]:
+            raise InputError(f"attention_mask {mask.shape} does not fit {start} cached + {embeds.shape[1]} new tokens")
+        logits = self._decode_impl(embeds, cos, sin, mask, cache, start, stop)
+        cache.commit(stop)
+        return logits
+
+    # -- hooks -----------------------------------------------------------------------------------
+    @abstractmethod
+    def _vision_impl(self, graph_file: str, pixel_values: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def _embed_impl(self, input_ids: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def _decode_impl(self, embeds, cos, sin, mask, cache: KVCache, start: int, stop: int) -> np.ndarray: ...
