@@ -1,0 +1,101 @@
+"""`dsocr-export`: build bundles, verify them against PyTorch, check golden fixtures.
+
+Heavy libraries (torch, onnx, tensorrt) are imported inside the commands, so `--help` stays light.
+Library errors (DsocrError) become click errors with exit code 1; tolerance failures exit 2.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from dsocr.runtime.errors import DsocrError
+from dsocr.runtime.modes import MODE_NAMES
+
+MODE_CHOICE = click.Choice(MODE_NAMES + ("all",), case_sensitive=False)
+
+
+def _modes(values: tuple[str, ...]) -> tuple[str, ...]:
+    names = [m.lower() for m in values] or ["small"]
+    return MODE_NAMES if "all" in names else tuple(dict.fromkeys(names))
+
+
+def library_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DsocrError as e:
+            raise click.ClickException(str(e)) from e
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dsocr")
+def main() -> None:
+    """Turn a DeepSeek-OCR checkpoint into ONNX bundles and TensorRT engines."""
+
+
+@main.command()
+@click.option("--mode", "modes", type=MODE_CHOICE, multiple=True, help="Mode(s) to build (repeatable, or 'all'). Default: small.")
+@click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Hugging Face checkpoint directory (config.json, safetensors, tokenizer.json). Default: the built-in demo.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Bundle directory to write. Default: bundles/<mode>.")
+@click.option("--max-seq-len", type=click.IntRange(16, None), default=None, help="KV cache length (default: the model's 8192).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@library_errors
+def build(modes, checkpoint, out, max_seq_len, force, quiet) -> None:
+    """Export ONNX graphs (+ manifest) for MODE; TensorRT engines too where TensorRT is installed."""
+    import tempfile
+
+    from .bundle import BuildOptions, build_bundle
+
+    modes = _modes(modes)
+    out = out or Path("bundles") / ("-".join(modes) if len(modes) < 5 else "all")
+    opts = BuildOptions(modes=modes, max_seq_len=max_seq_len, overwrite=force, progress=not quiet)
+    with tempfile.TemporaryDirectory(prefix="dsocr-demo-") as tmp:
+        if checkpoint is None:
+            from .demo import write_demo_checkpoint
+
+            click.echo("no --checkpoint: using the built-in demo checkpoint (reduced sizes; its text is meaningless)")
+            checkpoint = write_demo_checkpoint(Path(tmp) / "demo")
+        manifest = build_bundle(checkpoint, out, opts)
+    sizes = sum((out / f).stat().st_size for f in manifest.files)
+    click.echo(f"wrote {out} ({len(manifest.files)} files, {sizes / 2**20:.1f} MiB), modes: {', '.join(manifest.modes)}")
+    if not _tensorrt_available():
+        click.echo("TensorRT is not installed here: built the ONNX bundle only (run it with `dsocr run`).")
+
+
+def _tensorrt_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+@main.command("check-golden")
+@click.option("--fixture", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Golden fixture directory (config.json, keys.txt, page.png, golden.npz).")
+@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="Run dsocr's PyTorch model, or export ONNX graphs and run them with ONNX Runtime.")
+@click.option("--mode", "modes", type=MODE_CHOICE, multiple=True, help="Modes to check (default: all).")
+@library_errors
+def check_golden(fixture, backend, modes) -> None:
+    """Reproduce a golden fixture in every mode; exit 2 if any tolerance is missed."""
+    from .golden import format_table, run_golden
+
+    modes = _modes(modes) if modes else MODE_NAMES
+    rows = run_golden(fixture, backend, modes, on_mode=lambda m: click.echo(f"checking {m} ...", err=True))
+    click.echo(format_table(rows))
+    failed = [r for r in rows if not r.ok]
+    if failed:
+        click.echo(f"{len(failed)} of {len(rows)} checks FAILED", err=True)
+        click.get_current_context().exit(2)
+    click.echo(f"all {len(rows)} checks passed ({backend})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
