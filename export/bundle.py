@@ -70,8 +70,15 @@ def _write_graphs(model: DeepseekOCR, stage: Path, sizes: list[int], bar) -> dic
     return graphs
 
 
-def build_bundle(checkpoint: str | Path, out_dir: str | Path, options: BuildOptions = BuildOptions()) -> Manifest:
-    """Export `checkpoint` (official HF layout) into the bundle directory `out_dir`."""
+DEMO_SOURCE = "<built-in demo>"
+
+
+def build_bundle(checkpoint: str | Path, out_dir: str | Path, options: BuildOptions = BuildOptions(),
+                 source: str | None = None) -> Manifest:
+    """Export `checkpoint` (official HF layout) into the bundle directory `out_dir`.
+
+    source: what to record as the checkpoint in the manifest (default: its absolute path).
+    """
     ckpt, out = Path(checkpoint), Path(out_dir)
     if out.exists() and not options.overwrite:
         raise InputError(f"{out} exists; pass overwrite (--force) to replace it")
@@ -99,7 +106,7 @@ def build_bundle(checkpoint: str | Path, out_dir: str | Path, options: BuildOpti
             hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size, rope_theta=cfg.rope_theta,
             special_tokens=tok.special.as_dict(), prompts=prompt_table(tok), tokenizer=TOKENIZER_FILE,
             layout_file=LAYOUT_FILE, files=file_entries(stage, names),
-            source={"checkpoint": str(ckpt), "model_type": "deepseek-ocr"},
+            source={"checkpoint": source or str(ckpt.resolve()), "model_type": "deepseek-ocr"},
         )
         write_manifest(stage, manifest)
         _replace_dir(stage, out)

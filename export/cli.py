@@ -52,7 +52,7 @@ def build(modes, checkpoint, out, max_seq_len, force, quiet) -> None:
     """Export ONNX graphs (+ manifest) for MODE; TensorRT engines too where TensorRT is installed."""
     import tempfile
 
-    from .bundle import BuildOptions, build_bundle
+    from .bundle import DEMO_SOURCE, BuildOptions, build_bundle
 
     modes = _modes(modes)
     out = out or Path("bundles") / ("-".join(modes) if len(modes) < 5 else "all")
@@ -62,8 +62,10 @@ def build(modes, checkpoint, out, max_seq_len, force, quiet) -> None:
             from .demo import write_demo_checkpoint
 
             click.echo("no --checkpoint: using the built-in demo checkpoint (reduced sizes; its text is meaningless)")
-            checkpoint = write_demo_checkpoint(Path(tmp) / "demo")
-        manifest = build_bundle(checkpoint, out, opts)
+            checkpoint, source = write_demo_checkpoint(Path(tmp) / "demo"), DEMO_SOURCE
+        else:
+            source = None
+        manifest = build_bundle(checkpoint, out, opts, source=source)
     sizes = sum((out / f).stat().st_size for f in manifest.files)
     click.echo(f"wrote {out} ({len(manifest.files)} files, {sizes / 2**20:.1f} MiB), modes: {', '.join(manifest.modes)}")
     if not _tensorrt_available():
@@ -74,6 +76,24 @@ def _tensorrt_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("tensorrt") is not None
+
+
+@main.command()
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Checkpoint to compare with (default: the one the bundle was built from).")
+@click.option("--page", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Page image to run (default: the shipped sample page).")
+@click.option("--steps", type=click.IntRange(0, 512), default=8, show_default=True, help="Greedy decode steps compared.")
+@library_errors
+def verify(bundle, checkpoint, page, steps) -> None:
+    """Compare a bundle's graphs with the PyTorch model (table of errors); exit 2 on a miss."""
+    from .verify import format_diffs, verify_bundle
+
+    diffs = verify_bundle(bundle, checkpoint, page, steps)
+    click.echo(format_diffs(diffs))
+    if not all(d.ok for d in diffs):
+        click.get_current_context().exit(2)
 
 
 @main.command("check-golden")
