@@ -85,11 +85,17 @@ class MoE(nn.Module):
             w = w / (w.sum(-1, keepdim=True) + 1e-20)
         return torch.zeros_like(probs).scatter(1, idx, w * self.scale)
 
+    formulation = "sparse"  # "sparse": each expert runs on its routed tokens only; "dense": on all tokens
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B,T,D]
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         dense_w = self.route(flat)  # [N, E]
         out = self.shared_experts(flat).float()
+        if self.formulation == "dense":  # every expert on every token, weighted by (mostly zero) routing weights
+            for e, expert in enumerate(self.experts):
+                out = out + expert(flat).float() * dense_w[:, e : e + 1]
+            return out.to(x.dtype).reshape(shape)
         for e, expert in enumerate(self.experts):
             tok = torch.nonzero(dense_w[:, e] > 0).squeeze(1)  # [n_e] tokens routed to e
             y = expert(flat.index_select(0, tok)).float() * dense_w.index_select(0, tok)[:, e : e + 1]
