@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import onnx
 import torch
@@ -18,6 +19,7 @@ from dsocr.runtime.manifest import GraphSpec, TensorSpec
 from dsocr.runtime.modes import DOWNSAMPLE, PATCH
 
 from .model.ocr import DeepseekOCR
+from .onnx_weights import attach_weights
 
 OPSET = 17
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of initializers above which weights go to <graph>.onnx.data
@@ -58,22 +60,28 @@ def kv_names(num_layers: int, prefix: str) -> list[str]:
     return [f"{prefix}_{kv}.{i}" for i in range(num_layers) for kv in ("key", "value")]
 
 
-def _save(module: nn.Module, args: tuple, path: Path, names_in, names_out, dynamic_axes) -> None:
-    """Trace to ONNX; large graphs get one external-data file next to them."""
+def _save(module: nn.Module, args: tuple, path: Path, names_in, names_out, dynamic_axes,
+          rename: Callable[[str], str]) -> None:
+    """Trace the structure only (parameters as inputs), then attach the weights streaming; graphs
+    whose weights exceed EXTERNAL_DATA_THRESHOLD keep them in one `<graph>.onnx.data` file."""
+    params = dict(module.named_parameters())
+    params.update(module.named_buffers())
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         raw = Path(tmp) / "raw.onnx"
         torch.onnx.export(
             module, args, str(raw), dynamo=False, opset_version=OPSET, input_names=names_in,
-            output_names=names_out, dynamic_axes=dynamic_axes, do_constant_folding=True,
+            output_names=names_out, dynamic_axes=dynamic_axes, export_params=False, do_constant_folding=False,
         )
-        proto = onnx.load(str(raw), load_external_data=True)
-    big = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_THRESHOLD
-    data = path.name + ".data"
-    onnx.save_model(
-        proto, str(path), save_as_external_data=big, all_tensors_to_one_file=True, location=data,
-        size_threshold=1024,
-    )
+        proto = onnx.load(str(raw))
+    big = sum(t.numel() * 4 for t in params.values()) > EXTERNAL_DATA_THRESHOLD
+    attach_weights(proto, params, rename, path.with_name(path.name + ".data") if big else None)
+    onnx.save_model(proto, str(path))
+
+
+def _strip(prefix: str) -> Callable[[str], str]:
+    """Map a wrapper's parameter name to the checkpoint key."""
+    return lambda name: name[len(prefix):] if name.startswith(prefix) else name
 
 
 def export_vision(model: DeepseekOCR, size: int, path: Path) -> GraphSpec:
@@ -82,7 +90,7 @@ def export_vision(model: DeepseekOCR, size: int, path: Path) -> GraphSpec:
     d = model.config.projector_out
     x = torch.zeros(1, 3, size, size)
     dyn = {"pixel_values": {0: "batch"}, "image_features": {0: "batch"}}
-    _save(_Vision(model), (x,), path, ["pixel_values"], ["image_features"], dyn)
+    _save(_Vision(model), (x,), path, ["pixel_values"], ["image_features"], dyn, _strip("model."))
     return GraphSpec(
         role="vision", file=path.name, size=size,
         inputs=[TensorSpec("pixel_values", "float32", ["batch", 3, size, size])],
@@ -94,7 +102,7 @@ def export_embed(model: DeepseekOCR, path: Path) -> GraphSpec:
     d = model.config.decoder.hidden_size
     ids = torch.zeros(1, 4, dtype=torch.int64)
     dyn = {"input_ids": {0: "batch", 1: "seq"}, "inputs_embeds": {0: "batch", 1: "seq"}}
-    _save(_Embed(model), (ids,), path, ["input_ids"], ["inputs_embeds"], dyn)
+    _save(_Embed(model), (ids,), path, ["input_ids"], ["inputs_embeds"], dyn, lambda n: "model." + n)
     return GraphSpec(
         role="embed", file=path.name,
         inputs=[TensorSpec("input_ids", "int64", ["batch", "seq"])],
@@ -115,7 +123,7 @@ def export_decoder(model: DeepseekOCR, path: Path) -> GraphSpec:
            "attention_mask": {0: "batch", 2: "seq", 3: "total"}, "logits": {0: "batch"}}
     dyn.update({k: {0: "batch", 1: "past"} for k in past})
     dyn.update({k: {0: "batch", 1: "seq"} for k in present})
-    _save(_Decoder(model), args, path, names_in, names_out, dyn)
+    _save(_Decoder(model), args, path, names_in, names_out, dyn, _strip("model."))
     kv = lambda name, s: TensorSpec(name, "float32", ["batch", s, h, hd])  # noqa: E731
     return GraphSpec(
         role="decoder", file=path.name,

@@ -45,7 +45,7 @@ class Embeddings(nn.Module):
         x = feats.flatten(2).transpose(1, 2)
         cls = self.class_embedding.expand(b, 1, c).to(x.dtype)
         x = torch.cat([cls, x], dim=1)
-        return x + self.pos(g)
+        return x + self.pos(int(g))  # g is static per graph
 
 
 class SelfAttention(nn.Module):

@@ -90,7 +90,7 @@ class Attention(nn.Module):
         nh, hd = self.heads, self.head_dim
         qkv = self.qkv(x).reshape(b, h * w, 3, nh, hd).permute(2, 0, 3, 1, 4)  # [3, B, nh, n*n, hd]
         q, k, v = qkv[0], qkv[1], qkv[2]
-        rh, rw = self.tables(h, w)  # [n, n, hd]  (i, k)
+        rh, rw = self.tables(int(h), int(w))  # [n, n, hd]  (i, k); sizes are static per graph
         rq = q.reshape(b * nh, h, w, hd)
         # rel_h[b, i, j, k] = <q[b,i,j], rh[i,k]> as a batched matmul over i (no Einsum in the graph)
         rel_h = torch.matmul(rq.permute(1, 0, 2, 3).reshape(h, b * nh * w, hd), rh.transpose(1, 2))
@@ -177,7 +177,7 @@ class SamEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)  # [B, G, G, C]
-        grid = x.shape[1]
+        grid = int(x.shape[1])  # static per graph (the batch dim stays symbolic)
         x = x + (self.frozen[grid] if grid in self.frozen else resize_abs_pos(self.pos_embed, grid))
         for blk in self.blocks:
             x = blk(x)
