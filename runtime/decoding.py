@@ -1,0 +1,360 @@
+"""The decode loop in small seams (whisper-style): a Runner, LogitFilters, a greedy TokenDecoder,
+StopCriteria, and `generate()` tying them together; `TextStreamer` turns ids into text as they come.
+
+Letters: T prompt tokens, D hidden, V vocab, L ids generated so far.
+"""
+from __future__ import annotations
+
+import dataclasses
+import operator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable, Iterable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from .errors import CacheOverflowError, InputError
+
+REPLACEMENT_CHAR = "\ufffd"
+
+
+class StopReason(str, Enum):
+    EOS = "eos"  # an end-of-sequence id was generated (it is the last id of the result)
+    MAX_TOKENS = "max_tokens"  # max_new_tokens ids were generated
+    LOOP = "loop"  # the LoopDetector saw the tail repeat
+    CACHE_FULL = "cache_full"  # the runner's KV cache has no room for the next step
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# -- the Runner seam -------------------------------------------------------------------------------
+@runtime_checkable
+class Runner(Protocol):
+    """Forward + KV bookkeeping. `position` = number of cached positions (prompt + fed-back ids).
+
+    `step` raises CacheOverflowError (before writing anything) when the cache is full.
+    """
+
+    @property
+    def position(self) -> int: ...
+
+    def reset(self) -> None: ...
+
+    def prefill(self, input_embeds: np.ndarray) -> np.ndarray:  # input_embeds [T, D] -> logits [V]
+        ...
+
+    def step(self, token_id: int) -> np.ndarray:  # one fed-back id -> logits [V]
+        ...
+
+
+class ScriptedRunner:
+    """A Runner without a model, for tests and dry runs: `logits_fn(fed_ids) -> logits [V]`, where
+    fed_ids are the ids passed to `step` since the last prefill. Mimics the KV cache's overflow."""
+
+    def __init__(self, logits_fn: Callable[[list[int]], np.ndarray], max_seq_len: int | None = None):
+        self.logits_fn = logits_fn
+        self.max_seq_len = max_seq_len
+        self.fed: list[int] = []
+        self._position = 0
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    def reset(self) -> None:
+        self.fed, self._position = [], 0
+
+    def _advance(self, n: int) -> None:
+        if self.max_seq_len is not None and self._position + n > self.max_seq_len:
+            raise CacheOverflowError(f"{self._position + n} positions needed, cache holds {self.max_seq_len}")
+        self._position += n
+
+    def prefill(self, input_embeds: np.ndarray) -> np.ndarray:  # [T, D] -> [V]
+        self.reset()
+        self._advance(int(input_embeds.shape[0]))
+        return np.asarray(self.logits_fn([]), dtype=np.float32)
+
+    def step(self, token_id: int) -> np.ndarray:  # -> [V]
+        self._advance(1)
+        self.fed.append(int(token_id))
+        return np.asarray(self.logits_fn(list(self.fed)), dtype=np.float32)
+
+
+# -- logit filters ---------------------------------------------------------------------------------
+class LogitFilter:
+    """Edits logits [V] in place given the ids generated so far. `reset()` starts a new sequence."""
+
+    def apply(self, logits: np.ndarray, generated: list[int]) -> None:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        pass
+
+
+class NoRepeatNGram(LogitFilter):
+    """Ban every token that would complete an n-gram already present in the generated ids.
+
+    window=None: transformers' `no_repeat_ngram_size` over all generated ids, indexed incrementally
+    ((n-1)-gram -> next ids), O(n) per step. window=w: DeepSeek's vLLM processor: only n-grams that
+    start in [max(0, L-w), L-n] count, O(w) per step. Whitelisted ids are never banned.
+    Only generated ids are seen (the prompt is embeddings here, mostly image tokens).
+    """
+
+    def __init__(self, n: int, window: int | None = None, whitelist: Iterable[int] = frozenset()):
+        if n < 1:
+            raise InputError(f"n-gram size n={n} must be >= 1")
+        if window is not None and window < 1:
+            raise InputError(f"window={window} must be >= 1 or None")
+        self.n, self.window, self.whitelist = n, window, frozenset(int(t) for t in whitelist)
+        self.reset()
+
+    def reset(self) -> None:
+        self._seen: dict[tuple[int, ...], set[int]] = {}  # (n-1)-gram -> ids that followed it
+        self._indexed = 0  # n-grams starting in [0, _indexed) are in _seen
+
+    def banned(self, generated: Sequence[int]) -> set[int]:
+        n, length = self.n, len(generated)
+        if length < n:
+            return set()
+        prefix = tuple(generated[length - n + 1:])  # the last n-1 ids
+        if self.window is None:
+            out = set(self._index(generated).get(prefix, ()))
+        else:
+            out = set()
+            first = prefix[0] if prefix else None
+            for i in range(max(0, length - self.window), length - n + 1):
+                if (first is None or generated[i] == first) and tuple(generated[i:i + n - 1]) == prefix:
+                    out.add(generated[i + n - 1])
+        return out - self.whitelist
+
+    def _index(self, generated: Sequence[int]) -> dict[tuple[int, ...], set[int]]:
+        last_start = len(generated) - self.n  # the newest complete n-gram starts here
+        if last_start + 1 < self._indexed:  # a shorter list: a new sequence without reset()
+            self.reset()
+        for i in range(self._indexed, last_start + 1):
+            key = tuple(generated[i:i + self.n - 1])
+            self._seen.setdefault(key, set()).add(generated[i + self.n - 1])
+        self._indexed = max(self._indexed, last_start + 1)
+        return self._seen
+
+    def apply(self, logits: np.ndarray, generated: list[int]) -> None:
+        ban = self.banned(generated)
+        if ban:
+            logits[list(ban)] = -np.inf
+
+
+# -- token choice and stopping ---------------------------------------------------------------------
+class GreedyDecoder:
+    """The TokenDecoder seam: greedy (temperature 0), as every official DeepSeek-OCR script runs."""
+
+    def choose(self, logits: np.ndarray) -> int:  # logits [V] (filtered) -> id
+        return int(np.argmax(logits))
+
+
+class LoopDetector:
+    """Trips when the tail of the ids is periodic with some period p in 1..max_period, repeated at
+    least `min_repeats` times and covering at least `min_tokens` ids.
+
+    Incremental: run[p] = how many trailing ids equal the id p places before them; the periodic tail
+    then covers run[p] + p ids. O(max_period) per step.
+    """
+
+    def __init__(self, max_period: int = 64, min_repeats: int = 4, min_tokens: int = 256):
+        self.max_period, self.min_repeats, self.min_tokens = max_period, min_repeats, min_tokens
+        self._periods = np.arange(1, max_period + 1)  # [P]
+        self.reset()
+
+    def reset(self) -> None:
+        self._run = np.zeros(self.max_period, dtype=np.int64)  # [P], index p-1
+        self._seen = 0
+
+    def update(self, generated: Sequence[int]) -> bool:
+        """Feed the ids (only the ones not yet seen are read); True when the tail loops."""
+        if len(generated) < self._seen:
+            self.reset()
+        for k in range(self._seen, len(generated)):
+            lo = max(0, k - self.max_period)
+            before = np.asarray(generated[lo:k][::-1], dtype=np.int64)  # before[p-1] = ids[k-p]
+            same = np.zeros(self.max_period, dtype=bool)
+            same[: len(before)] = before == generated[k]
+            self._run = np.where(same, self._run + 1, 0)
+        self._seen = len(generated)
+        covered = self._run + self._periods  # [P]
+        return bool(np.any((covered >= self.min_tokens) & (covered >= self.min_repeats * self._periods)
+                           & (self._run > 0)))
+
+
+class StopCriteria:
+    def __init__(self, eos_ids: Iterable[int], max_new_tokens: int, loop: LoopDetector | None = None):
+        self.eos_ids = frozenset(int(t) for t in eos_ids)
+        self.max_new_tokens = max_new_tokens
+        self.loop = loop
+
+    def reset(self) -> None:
+        if self.loop is not None:
+            self.loop.reset()
+
+    def check(self, generated: list[int]) -> StopReason | None:
+        """After appending an id: why to stop now, or None to go on."""
+        if generated and generated[-1] in self.eos_ids:
+            return StopReason.EOS
+        if self.loop is not None and self.loop.update(generated):
+            return StopReason.LOOP
+        if len(generated) >= self.max_new_tokens:
+            return StopReason.MAX_TOKENS
+        return None
+
+
+# -- options ---------------------------------------------------------------------------------------
+def _int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool):
+        raise InputError(f"{name}={value!r} must be an integer")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise InputError(f"{name}={value!r} must be an integer") from None
+    if v < minimum:
+        raise InputError(f"{name}={v} must be >= {minimum}")
+    return v
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Decode-loop options, validated here (InputError, a ValueError, names the bad value).
+
+    Defaults follow the official PDF script: n-gram 20 over a window of 50 generated ids.
+    ngram_size=0 turns the ban off; ngram_window=None bans over the whole generated sequence (HF).
+    The whitelist is empty by default; the pipeline fills in the `<td>`, `</td>` ids.
+    """
+
+    max_new_tokens: int = 8192
+    ngram_size: int = 20
+    ngram_window: int | None = 50
+    whitelist: frozenset[int] = field(default_factory=frozenset)
+    loop_detection: bool = True
+    loop_max_period: int = 64
+    loop_min_repeats: int = 4
+    loop_min_tokens: int = 256
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen: normalise in place)
+        set_("max_new_tokens", _int("max_new_tokens", self.max_new_tokens, 1))
+        set_("ngram_size", _int("ngram_size", self.ngram_size, 0))
+        if self.ngram_window is not None:
+            set_("ngram_window", _int("ngram_window", self.ngram_window, 1))
+            if self.ngram_size and self.ngram_window < self.ngram_size:
+                raise InputError(f"ngram_window={self.ngram_window} is smaller than ngram_size={self.ngram_size}; "
+                                 f"no n-gram would ever be banned")
+        if isinstance(self.whitelist, (str, bytes)) or not isinstance(self.whitelist, Iterable):
+            raise InputError(f"whitelist={self.whitelist!r} must be a collection of token ids")
+        set_("whitelist", frozenset(_int("whitelist id", t, 0) for t in self.whitelist))
+        if not isinstance(self.loop_detection, bool):
+            raise InputError(f"loop_detection={self.loop_detection!r} must be True or False")
+        set_("loop_max_period", _int("loop_max_period", self.loop_max_period, 1))
+        set_("loop_min_repeats", _int("loop_min_repeats", self.loop_min_repeats, 2))
+        set_("loop_min_tokens", _int("loop_min_tokens", self.loop_min_tokens, 2))
+
+    def with_whitelist(self, ids: Iterable[int]) -> GenerationOptions:
+        return dataclasses.replace(self, whitelist=frozenset(ids))
+
+    def filters(self) -> list[LogitFilter]:
+        if not self.ngram_size:
+            return []
+        return [NoRepeatNGram(self.ngram_size, self.ngram_window, self.whitelist)]
+
+    def stop_criteria(self, eos_ids: Iterable[int]) -> StopCriteria:
+        loop = None
+        if self.loop_detection:
+            loop = LoopDetector(self.loop_max_period, self.loop_min_repeats, self.loop_min_tokens)
+        return StopCriteria(eos_ids, self.max_new_tokens, loop)
+
+
+# -- the loop --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GenerationResult:
+    ids: list[int]  # generated ids; with stop_reason "eos" the last one is the EOS id
+    stop_reason: str  # a StopReason value: "eos", "max_tokens", "loop" or "cache_full"
+    n_prompt: int  # prompt positions prefilled (T)
+
+
+def generate(runner: Runner, prompt_embeds: np.ndarray, options: GenerationOptions = GenerationOptions(),
+             eos_ids: Iterable[int] = (1,), on_token: Callable[[int], None] | None = None) -> GenerationResult:
+    """Prefill prompt_embeds [T, D], then greedy steps until a stop criterion holds.
+
+    `on_token(id)` is called for every generated id, in order, EOS included. The k-th generated id is
+    fed back at position T + k. A prompt that does not fit the cache raises CacheOverflowError; a full
+    cache during generation ends it with stop_reason "cache_full".
+    """
+    if getattr(prompt_embeds, "ndim", None) != 2 or prompt_embeds.shape[0] < 1:
+        raise InputError(f"prompt_embeds must be [T, D] with T >= 1, got {getattr(prompt_embeds, 'shape', None)}")
+    filters, decoder, stop = options.filters(), GreedyDecoder(), options.stop_criteria(eos_ids)
+    for f in filters:
+        f.reset()
+    stop.reset()
+    logits = runner.prefill(prompt_embeds)  # [V]
+    buf = np.empty(logits.shape, dtype=np.float32)  # [V] our copy: filters write here, not into the runner's
+    ids: list[int] = []
+    while True:
+        np.copyto(buf, logits)
+        for f in filters:
+            f.apply(buf, ids)
+        token = decoder.choose(buf)
+        ids.append(token)
+        if on_token is not None:
+            on_token(token)
+        reason = stop.check(ids)
+        if reason is not None:
+            break
+        try:
+            logits = runner.step(token)
+        except CacheOverflowError:
+            reason = StopReason.CACHE_FULL
+            break
+    return GenerationResult(ids=ids, stop_reason=reason.value, n_prompt=int(prompt_embeds.shape[0]))
+
+
+# -- streaming -------------------------------------------------------------------------------------
+class TextStreamer:
+    """ids in (`put`), text out (`on_text(chunk)`), never splitting a UTF-8 character.
+
+    Text ending in U+FFFD (a partial multi-byte character so far) is held back until the next id
+    completes it, or until `end()`. Decoding restarts after every emitted newline, so each `put`
+    decodes at most one line's ids.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], on_text: Callable[[str], None] | None = None):
+        self.decode = decode
+        self.on_text = on_text
+        self.chunks: list[str] = []  # everything emitted, in order
+        self._ids: list[int] = []  # ids of the current line
+        self._emitted = 0  # characters of decode(_ids) already emitted
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+    def _emit(self, chunk: str) -> str:
+        if chunk:
+            self.chunks.append(chunk)
+            if self.on_text is not None:
+                self.on_text(chunk)
+        return chunk
+
+    def put(self, token_id: int) -> str:
+        """Add one id; returns the text emitted now ("" when held back)."""
+        self._ids.append(int(token_id))
+        text = self.decode(self._ids)
+        stable = text.rstrip(REPLACEMENT_CHAR)
+        chunk = stable[self._emitted:] if len(stable) > self._emitted else ""
+        self._emitted = max(self._emitted, len(stable))
+        if stable == text and text.endswith("\n"):
+            self._ids, self._emitted = [], 0
+        return self._emit(chunk)
+
+    def end(self) -> str:
+        """Flush whatever is held back (a genuinely invalid tail stays as U+FFFD)."""
+        text = self.decode(self._ids) if self._ids else ""
+        chunk = text[self._emitted:]
+        self._ids, self._emitted = [], 0
+        return self._emit(chunk)
