@@ -1,0 +1,194 @@
+"""ONNX graph -> TensorRT plan (strongly typed), and a bundle's graphs -> engines/ + engines.json.
+
+Precision lives in the ONNX graph: networks are built strongly typed, with no precision builder
+flags (TensorRT 11 removed them; 10.x opts in with NetworkDefinitionCreationFlag.STRONGLY_TYPED).
+Graphs are parsed from file so external weight data next to them is found. A timing cache shared by
+a bundle's builds is loaded and saved when given. Progress goes through an IProgressMonitor
+(TensorRT >= 10.0) drawing tqdm bars; without one the build is silent.
+
+engines.json (written last; read by dsocr.runtime.backends.trt):
+  format, format_version, dsocr_version, tensorrt_version, gpu {name, compute_capability},
+  past_pad, bundle {modes, manifest_sha256},
+  plans {graph key: {file, sha256, bytes, onnx {file, sha256}, profile_names, profiles}}
+  where profiles is a list of {input: [min, opt, max]} in profile-index order.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from dsocr.runtime import __version__
+from dsocr.runtime.backends.trt import (ENGINES_DIR, ENGINES_FORMAT, ENGINES_FORMAT_VERSION, ENGINES_NAME,
+                                        PAST_PAD, gpu_info, import_trt)
+from dsocr.runtime.errors import BackendUnavailableError, DsocrError, InputError
+from dsocr.runtime.manifest import MANIFEST_NAME, file_entries, read_manifest, sha256_file
+
+from .parser_support import check_bundle, errors
+from .profiles import Profile, ProfileOptions, graph_profiles
+
+MIN_TRT = (10, 3)
+TIMING_CACHE = "timing.cache"
+
+
+class EngineBuildError(DsocrError):
+    """A graph TensorRT cannot parse or build."""
+
+
+@dataclass(frozen=True)
+class EngineBuildOptions:
+    workspace_gb: float = 4.0  # builder scratch memory limit
+    profiles: ProfileOptions = field(default_factory=ProfileOptions)
+    timing_cache: bool = True  # keep <out>/timing.cache across builds
+    progress: bool = True
+
+    def __post_init__(self):
+        if not 0 < self.workspace_gb <= 1024:
+            raise InputError(f"workspace_gb={self.workspace_gb} must lie in (0, 1024]")
+
+
+def trt_version(trt) -> tuple[int, ...]:
+    return tuple(int(p) for p in trt.__version__.split(".")[:2] if p.isdigit())
+
+
+def network_flags(trt) -> int:
+    """create_network() flags for a strongly typed network on TensorRT 10.x and 11.x.
+
+    11.x: strong typing is always on; its STRONGLY_TYPED flag is deprecated and ignored (and may go),
+    and EXPLICIT_BATCH no longer exists, so pass nothing. 10.x: STRONGLY_TYPED must be asked for.
+    """
+    if trt_version(trt) >= (11,):
+        return 0
+    flag = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED", None)
+    if flag is None:
+        raise BackendUnavailableError(f"TensorRT {trt.__version__} cannot build strongly typed networks; "
+                                      f"dsocr needs TensorRT {MIN_TRT[0]}.{MIN_TRT[1]}+")
+    return 1 << int(flag)
+
+
+def _progress_monitor(trt):
+    """An IProgressMonitor drawing one tqdm bar per build phase, or None before TensorRT 10."""
+    base = getattr(trt, "IProgressMonitor", None)
+    if base is None:
+        return None
+    from tqdm import tqdm
+
+    class Monitor(base):
+        def __init__(self):
+            base.__init__(self)
+            self._bars: dict[str, tqdm] = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            depth = len(self._bars)
+            self._bars[phase_name] = tqdm(total=num_steps, desc=f"{'  ' * depth}{phase_name}", leave=depth == 0,
+                                          position=depth, file=sys.stderr)
+
+        def step_complete(self, phase_name, step):
+            bar = self._bars.get(phase_name)
+            if bar is not None:
+                bar.n = step + 1
+                bar.refresh()
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            bar = self._bars.pop(phase_name, None)
+            if bar is not None:
+                bar.close()
+
+    return Monitor()
+
+
+def _parse(trt, builder, logger, onnx_path: Path):
+    network = builder.create_network(network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # from file: external data resolves next to it
+        msgs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EngineBuildError(f"TensorRT cannot parse {onnx_path}:\n  " + "\n  ".join(msgs))
+    return network, parser
+
+
+def build_engine(onnx_path: str | Path, plan_path: str | Path, profiles: Sequence[Profile],
+                 timing_cache: str | Path | None = None, workspace_gb: float = 4.0, progress: bool = True) -> Path:
+    """Build one strongly typed plan from `onnx_path` with `profiles` (in index order); return plan_path."""
+    trt = import_trt()
+    if trt_version(trt) < MIN_TRT:
+        raise BackendUnavailableError(f"TensorRT {trt.__version__} is too old: dsocr needs {MIN_TRT[0]}.{MIN_TRT[1]}+")
+    onnx_path, plan_path = Path(onnx_path), Path(plan_path)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network, _parser = _parse(trt, builder, logger, onnx_path)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    for p in profiles:
+        prof = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in p.shapes.items():
+            prof.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(prof)
+    cache_path = Path(timing_cache) if timing_cache else None
+    if cache_path is not None:
+        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    monitor = _progress_monitor(trt) if progress else None
+    if monitor is not None:
+        config.progress_monitor = monitor
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineBuildError(f"TensorRT could not build {onnx_path.name} (see the TensorRT log above)")
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = plan_path.with_suffix(plan_path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(memoryview(plan))
+    tmp.replace(plan_path)
+    if cache_path is not None:
+        cache_path.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    return plan_path
+
+
+def _check_graphs(bundle: Path) -> None:
+    bad = {k: errors(v) for k, v in check_bundle(bundle).items()}
+    bad = {k: v for k, v in bad.items() if v}
+    if bad:
+        lines = [f"{k}: {i}" for k, v in bad.items() for i in v[:20]]
+        head = "graphs outside TensorRT's ONNX support (engines.parser_support):"
+        raise EngineBuildError("\n  ".join([head, *lines]))
+
+
+def build_engines(bundle_dir: str | Path, out_dir: str | Path | None = None,
+                  options: EngineBuildOptions = EngineBuildOptions()) -> dict:
+    """Build a plan for every graph of the bundle into out_dir (default <bundle>/engines); write engines.json."""
+    bundle = Path(bundle_dir)
+    manifest = read_manifest(bundle)  # checks every file's SHA-256
+    _check_graphs(bundle)
+    trt = import_trt()
+    gpu_name, cc = gpu_info()
+    out = Path(out_dir) if out_dir else bundle / ENGINES_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ENGINES_NAME).unlink(missing_ok=True)  # stale until the new one is written last
+    plans = {}
+    for key, spec in manifest.graphs.items():
+        profiles = graph_profiles(manifest, key, options.profiles)
+        plan_file = f"{key}.plan"
+        t0 = time.perf_counter()
+        build_engine(bundle / spec.file, out / plan_file, profiles,
+                     timing_cache=out / TIMING_CACHE if options.timing_cache else None,
+                     workspace_gb=options.workspace_gb, progress=options.progress)
+        entry = file_entries(out, [plan_file])[plan_file]
+        plans[key] = {
+            "file": plan_file, **entry, "build_seconds": round(time.perf_counter() - t0, 1),
+            "onnx": {"file": spec.file, "sha256": manifest.files[spec.file]["sha256"]},
+            "profile_names": [p.name for p in profiles], "profiles": [p.to_json() for p in profiles],
+        }
+    record = {
+        "format": ENGINES_FORMAT, "format_version": ENGINES_FORMAT_VERSION, "dsocr_version": __version__,
+        "tensorrt_version": trt.__version__, "gpu": {"name": gpu_name, "compute_capability": cc},
+        "past_pad": PAST_PAD,
+        "bundle": {"modes": manifest.modes, "manifest_sha256": sha256_file(bundle / MANIFEST_NAME)},
+        "plans": plans,
+    }
+    tmp = out / (ENGINES_NAME + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
+    tmp.replace(out / ENGINES_NAME)
+    return record

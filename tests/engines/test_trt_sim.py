@@ -1,0 +1,121 @@
+"""build_engines + TrtBackend on a simulated device (trt_sim: host memory, ONNX Runtime as the engine).
+
+What this covers without a GPU: engines.json as written by the builder and checked by the backend,
+profile choice, batch chunking, the device KV cache bound by pointer offsets with its masked dummy
+slot, and parity with the ORT backend on the same bundle. What it cannot cover: TensorRT itself.
+"""
+import json
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+import trt_sim  # noqa: E402
+
+from dsocr.engines import build as B  # noqa: E402
+from dsocr.engines.profiles import ProfileOptions  # noqa: E402
+from dsocr.runtime.backends import trt as T  # noqa: E402
+from dsocr.runtime.backends.ort import OrtBackend  # noqa: E402
+from dsocr.runtime.errors import EngineMismatchError, InputError, ManifestError  # noqa: E402
+from dsocr.runtime.kv_cache import KVCache  # noqa: E402
+from dsocr.runtime.manifest import read_manifest  # noqa: E402
+
+GPU = ("Simulated GPU", "8.7")
+
+
+@pytest.fixture
+def sim(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", trt_sim.tensorrt())
+    monkeypatch.setattr(T, "_import_cuda", lambda: trt_sim.cuda)
+    monkeypatch.setattr(T, "gpu_info", lambda device=0: GPU)
+    monkeypatch.setattr(B, "gpu_info", lambda device=0: GPU)
+
+
+@pytest.fixture
+def engines(sim, demo_bundle, tmp_path):
+    out = tmp_path / "engines"
+    B.build_engines(demo_bundle, out, B.EngineBuildOptions(progress=True))
+    return out
+
+
+def test_engines_json(engines, demo_bundle):
+    rec = json.loads((engines / T.ENGINES_NAME).read_text())
+    manifest = read_manifest(demo_bundle, verify_files=False)
+    assert rec["tensorrt_version"] == "10.3.0.30" and rec["gpu"] == {"name": GPU[0], "compute_capability": GPU[1]}
+    assert set(rec["plans"]) == set(manifest.graphs) and rec["past_pad"] == T.PAST_PAD
+    dec = rec["plans"]["decoder"]
+    assert dec["profile_names"] == ["decode", "prefill"]
+    assert dec["onnx"]["sha256"] == manifest.files["decoder.onnx"]["sha256"]
+    assert (engines / B.TIMING_CACHE).is_file()
+    for entry in rec["plans"].values():
+        assert entry["bytes"] == (engines / entry["file"]).stat().st_size
+
+
+def test_parity_with_ort(engines, demo_bundle):
+    manifest = read_manifest(demo_bundle, verify_files=False)
+    trt, ort = T.TrtBackend(demo_bundle, manifest, engines), OrtBackend(demo_bundle, manifest)
+    rng = np.random.default_rng(0)
+    size = manifest.graphs["vision_640"].size if "vision_640" in manifest.graphs else None
+    if size:  # batch 3 against a batch-1 profile: run as three chunks
+        pix = rng.standard_normal((3, 3, size, size)).astype(np.float32)
+        np.testing.assert_allclose(trt.vision(pix), ort.vision(pix), rtol=1e-5, atol=1e-5)
+    ids = rng.integers(0, manifest.vocab_size, (1, 9))
+    np.testing.assert_array_equal(trt.embed(ids), ort.embed(ids))
+    embeds = rng.standard_normal((7, manifest.hidden_size)).astype(np.float32)
+    tokens = [3, 1, 4, 1, 5]
+    got, cache = trt_sim.run_steps(trt, manifest, embeds, tokens)
+    want, _ = trt_sim.run_steps(ort, manifest, embeds, tokens)
+    assert cache.length == 7 + len(tokens)
+    for g, w in zip(got, want):  # the masked dummy slot changes nothing (and reads no NaN garbage)
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_cache_filled_elsewhere_is_uploaded(engines, demo_bundle):
+    manifest = read_manifest(demo_bundle, verify_files=False)
+    trt, ort = T.TrtBackend(demo_bundle, manifest, engines), OrtBackend(demo_bundle, manifest)
+    embeds = np.random.default_rng(1).standard_normal((5, manifest.hidden_size)).astype(np.float32)
+    _, cache = trt_sim.run_steps(ort, manifest, embeds, [])  # prefill on ORT, continue on TensorRT
+    same = copy_cache(cache, manifest)
+    step = ort.embed(np.array([[7]]))[0]
+    (got,), _ = trt_sim.run_steps(trt, manifest, step, [], cache)
+    (want,), _ = trt_sim.run_steps(ort, manifest, step, [], same)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def copy_cache(cache, manifest):
+    kv = manifest.kv
+    new = KVCache(kv.num_layers, kv.num_heads, kv.head_dim, kv.max_seq_len)
+    for a, b in zip(new.key + new.value, cache.key + cache.value):
+        a[...] = b
+    new.length = cache.length
+    return new
+
+
+def test_prompt_beyond_the_profile(sim, demo_bundle, tmp_path):
+    out = tmp_path / "engines"
+    B.build_engines(demo_bundle, out, B.EngineBuildOptions(progress=False, profiles=ProfileOptions(max_prompt=4)))
+    manifest = read_manifest(demo_bundle, verify_files=False)
+    trt = T.TrtBackend(demo_bundle, manifest, out)
+    embeds = np.zeros((6, manifest.hidden_size), np.float32)
+    with pytest.raises(InputError, match="outside every optimization profile"):
+        trt_sim.run_steps(trt, manifest, embeds, [])
+
+
+def test_mismatches_are_refused(engines, demo_bundle, monkeypatch):
+    manifest = read_manifest(demo_bundle, verify_files=False)
+    path = engines / T.ENGINES_NAME
+    rec = json.loads(path.read_text())
+    monkeypatch.setattr(T, "gpu_info", lambda device=0: ("Other GPU", "9.0"))
+    with pytest.raises(EngineMismatchError, match="sm_87.*sm_90"):
+        T.TrtBackend(demo_bundle, manifest, engines)
+    monkeypatch.setattr(T, "gpu_info", lambda device=0: GPU)
+    rec["plans"]["embed"]["onnx"]["sha256"] = "0" * 64
+    path.write_text(json.dumps(rec))
+    with pytest.raises(EngineMismatchError, match="built from another embed.onnx"):
+        T.TrtBackend(demo_bundle, manifest, engines)
+    path.unlink()
+    with pytest.raises(ManifestError, match="build the TensorRT engines first"):
+        T.TrtBackend(demo_bundle, manifest, engines)
