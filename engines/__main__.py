@@ -63,12 +63,18 @@ def check(bundle: Path, warnings: bool) -> None:
 @click.option("--max-prompt", type=click.IntRange(1, None), default=None,
               help="Longest prefill the decoder plan admits (default: the bundle's max_seq_len).")
 @click.option("--no-timing-cache", is_flag=True, help="Do not load or save <out>/timing.cache.")
+@click.option("--if-stale", is_flag=True,
+              help="Do nothing when the engines already fit this TensorRT, this GPU and the bundle's graphs.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @library_errors
-def build(bundle, out, workspace_gb, decoder_profiles, max_prompt, no_timing_cache, quiet) -> None:
+def build(bundle, out, workspace_gb, decoder_profiles, max_prompt, no_timing_cache, if_stale, quiet) -> None:
     """Build a strongly typed TensorRT plan for every graph of BUNDLE and write engines.json."""
-    from .build import EngineBuildOptions, build_engines
+    from .build import EngineBuildOptions, build_engines, engines_current
     from .profiles import ProfileOptions
+
+    if if_stale and engines_current(bundle, out):
+        click.echo("engines are current for this TensorRT, GPU and bundle: nothing to build")
+        return
 
     opts = EngineBuildOptions(workspace_gb=workspace_gb, timing_cache=not no_timing_cache, progress=not quiet,
                               profiles=ProfileOptions(decoder_profiles=int(decoder_profiles), max_prompt=max_prompt))

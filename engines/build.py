@@ -23,8 +23,8 @@ from typing import Sequence
 
 from dsocr.runtime import __version__
 from dsocr.runtime.backends.trt import (ENGINES_DIR, ENGINES_FORMAT, ENGINES_FORMAT_VERSION, ENGINES_NAME,
-                                        PAST_PAD, gpu_info, import_trt)
-from dsocr.runtime.errors import BackendUnavailableError, DsocrError, InputError
+                                        PAST_PAD, check_engine_manifest, gpu_info, import_trt)
+from dsocr.runtime.errors import BackendUnavailableError, DsocrError, InputError, ManifestError
 from dsocr.runtime.manifest import MANIFEST_NAME, file_entries, read_manifest, sha256_file
 
 from .parser_support import check_bundle, errors
@@ -192,3 +192,23 @@ def build_engines(bundle_dir: str | Path, out_dir: str | Path | None = None,
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
     tmp.replace(out / ENGINES_NAME)
     return record
+
+
+def engines_current(bundle_dir: str | Path, out_dir: str | Path | None = None) -> bool:
+    """Whether out_dir's engines.json fits this TensorRT, this GPU and the bundle's current graphs."""
+    bundle = Path(bundle_dir)
+    out = Path(out_dir) if out_dir else bundle / ENGINES_DIR
+    if not (out / ENGINES_NAME).is_file():
+        return False
+    trt = import_trt()
+    try:
+        record = check_engine_manifest(out / ENGINES_NAME, trt.__version__, *gpu_info())
+    except ManifestError:  # EngineMismatchError included
+        return False
+    manifest = read_manifest(bundle, verify_files=False)
+    plans = record.get("plans", {})
+    return all(
+        key in plans and (out / plans[key]["file"]).is_file()
+        and plans[key]["onnx"]["sha256"] == manifest.files.get(spec.file, {}).get("sha256")
+        for key, spec in manifest.graphs.items()
+    )

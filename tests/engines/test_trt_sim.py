@@ -119,3 +119,19 @@ def test_mismatches_are_refused(engines, demo_bundle, monkeypatch):
     path.unlink()
     with pytest.raises(ManifestError, match="build the TensorRT engines first"):
         T.TrtBackend(demo_bundle, manifest, engines)
+
+
+def test_if_stale_rebuilds_only_when_needed(engines, demo_bundle, monkeypatch):
+    from click.testing import CliRunner
+
+    from dsocr.engines.__main__ import main
+
+    assert B.engines_current(demo_bundle, engines)
+    args = ["build", "--bundle", str(demo_bundle), "--out", str(engines), "--if-stale", "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and "nothing to build" in result.output, result.output
+    monkeypatch.setattr(B, "gpu_info", lambda device=0: ("Other GPU", "9.0"))  # e.g. the card was swapped
+    assert not B.engines_current(demo_bundle, engines)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and "plan(s) with TensorRT 10.3.0.30" in result.output, result.output
+    assert json.loads((engines / T.ENGINES_NAME).read_text())["gpu"]["compute_capability"] == "9.0"
