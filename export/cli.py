@@ -5,12 +5,11 @@ Library errors (DsocrError) become click errors with exit code 1; tolerance fail
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click
 
-from dsocr.runtime.errors import DsocrError
+from dsocr.runtime.clickutil import library_errors
 from dsocr.runtime.modes import MODE_NAMES
 
 MODE_CHOICE = click.Choice(MODE_NAMES + ("all",), case_sensitive=False)
@@ -19,17 +18,6 @@ MODE_CHOICE = click.Choice(MODE_NAMES + ("all",), case_sensitive=False)
 def _modes(values: tuple[str, ...]) -> tuple[str, ...]:
     names = [m.lower() for m in values] or ["small"]
     return MODE_NAMES if "all" in names else tuple(dict.fromkeys(names))
-
-
-def library_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except DsocrError as e:
-            raise click.ClickException(str(e)) from e
-
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -4,25 +4,13 @@ onnxruntime / tensorrt are imported inside the commands, so `--help` stays light
 """
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
 import click
 
-from .errors import DsocrError
+from .clickutil import library_errors
 from .modes import MODE_NAMES
-
-
-def library_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except DsocrError as e:
-            raise click.ClickException(str(e)) from e
-
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
