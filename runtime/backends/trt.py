@@ -11,7 +11,10 @@ see engines/profiles.py), and present_* outputs to base + (PAST_PAD + P) rows, w
 writes the T new entries in place (pointer arithmetic on the preallocated buffer; the same design as
 the ORT backend's IOBinding). The host KVCache handed to decode() then only keeps the bookkeeping
 (its length); its arrays are not written. A cache that arrives holding entries (length > 0) that
-this backend did not write is uploaded once.
+this backend did not write is uploaded once; handing the backend another cache first copies the
+previous cache's entries back into its host arrays, so sequences may alternate (at a copy's cost).
+TensorRT wants 256-byte aligned tensor addresses: a cache row (H * hd * itemsize) must be a multiple
+of 256 bytes (DeepSeek-OCR: 10 * 128 * 4 = 5120).
 """
 from __future__ import annotations
 
@@ -86,10 +89,6 @@ def gpu_info(device: int = 0) -> tuple[str, str]:
         raise BackendUnavailableError("cannot identify the GPU: install cuda-python or make nvidia-smi work") from e
 
 
-def _norm(name: str) -> str:
-    return re.sub(r"\s+", " ", str(name)).strip().casefold()
-
-
 def check_engine_manifest(engines_json: dict | str | Path, trt_version: str, gpu_name: str | None,
                           compute_capability: str) -> dict[str, Any]:
     """Refuse plans built for another TensorRT version or GPU (EngineMismatchError); return the manifest.
@@ -112,9 +111,10 @@ def check_engine_manifest(engines_json: dict | str | Path, trt_version: str, gpu
         built_name, built_cc = str(gpu["name"]), str(gpu["compute_capability"])
     except (KeyError, TypeError) as e:
         raise ManifestError(f"{where} lacks the TensorRT version or GPU it was built for: {e}") from e
-    names_known = all(n and _norm(n) != "unknown" for n in (gpu_name, built_name))
+    norm = lambda name: re.sub(r"\s+", " ", str(name)).strip().casefold()  # noqa: E731
+    names_known = all(n and norm(n) != "unknown" for n in (gpu_name, built_name))
     if (built_v != str(trt_version) or built_cc != str(compute_capability)
-            or (names_known and _norm(built_name) != _norm(gpu_name))):
+            or (names_known and norm(built_name) != norm(gpu_name))):
         sm = lambda cc: "sm_" + str(cc).replace(".", "")  # noqa: E731
         raise EngineMismatchError(
             f"engines were built with TensorRT {built_v} for GPU {built_name} ({sm(built_cc)}); this machine has "
@@ -245,20 +245,32 @@ class TrtBackend(Backend):
         row = kv.num_heads * kv.head_dim * np.dtype(dtype).itemsize
         if row % 256:
             raise DsocrError(f"a KV row of {row} bytes breaks TensorRT's 256-byte address alignment for present_*")
+        if self._kv_owner is not None and self._kv_owner is not cache:
+            self._transfer(self._kv_owner, dtype, row, to_device=False)  # hand-over: entries back to the host
+            self._kv_owner = None
         if self._kv is None or self._kv[0][0].shape[1] < PAST_PAD + cache.max_seq_len:
             shape = (1, PAST_PAD + cache.max_seq_len, kv.num_heads, kv.head_dim)
             zeros = np.zeros((1, PAST_PAD, kv.num_heads, kv.head_dim), dtype)  # masked, but never NaN garbage
             self._kv = tuple([self._cuda.DeviceArray(shape=shape, dtype=dtype).copy_from(zeros, stream=self._stream)
                               for _ in range(kv.num_layers)] for _ in range(2))
-            self._kv_owner = None
-        if self._kv_owner is not cache:
-            if cache.length:  # entries written elsewhere (another backend): upload the valid prefix once
-                for dev, host in zip(self._kv[0] + self._kv[1], cache.key + cache.value):
-                    part = np.ascontiguousarray(host[:, :cache.length], dtype=dtype)
-                    self._cuda.wrapper().memcpy(dev.ptr + PAST_PAD * row, part.ctypes.data, part.nbytes,
-                                                self._cuda.MemcpyKind.HostToDevice, self._stream.ptr)
+        if self._kv_owner is None:
+            self._transfer(cache, dtype, row, to_device=True)  # entries written elsewhere: upload once
             self._kv_owner = cache
         return self._kv
+
+    def _transfer(self, cache: KVCache, dtype: np.dtype, row: int, to_device: bool) -> None:
+        """Copy the valid prefix [:, :length] of `cache` between its host arrays and the device cache."""
+        n, copy, kind = cache.length, self._cuda.wrapper().memcpy, self._cuda.MemcpyKind
+        for dev, host in zip(self._kv[0] + self._kv[1], cache.key + cache.value) if n else ():
+            at = dev.ptr + PAST_PAD * row
+            if to_device:
+                part = np.ascontiguousarray(host[:, :n], dtype=dtype)
+                copy(at, part.ctypes.data, part.nbytes, kind.HostToDevice, self._stream.ptr)
+            else:
+                part = np.empty(host[:, :n].shape, dtype)
+                copy(part.ctypes.data, at, part.nbytes, kind.DeviceToHost, self._stream.ptr)
+                self._stream.synchronize()
+                host[:, :n] = part
 
     def _decode_impl(self, embeds, cos, sin, mask, cache: KVCache, start: int, stop: int) -> np.ndarray:
         if embeds.shape[0] != 1:

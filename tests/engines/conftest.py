@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-MAX_SEQ_LEN = 64
+MAX_SEQ_LEN = 256  # room for a small-mode page prompt (111 image tokens + text) and a few steps
 
 
 @pytest.fixture(scope="session")

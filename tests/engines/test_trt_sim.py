@@ -135,3 +135,39 @@ def test_if_stale_rebuilds_only_when_needed(engines, demo_bundle, monkeypatch):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0 and "plan(s) with TensorRT 10.3.0.30" in result.output, result.output
     assert json.loads((engines / T.ENGINES_NAME).read_text())["gpu"]["compute_capability"] == "9.0"
+
+
+def test_pipeline_on_the_tensorrt_backend(sim, demo_bundle, tmp_path):
+    """Pipeline(backend="tensorrt") finds <bundle>/engines and generates what the ORT backend does."""
+    from importlib.resources import files
+
+    from dsocr.runtime.decoding import GenerationOptions
+    from dsocr.runtime.pipeline import Pipeline, RunOptions
+
+    bundle = tmp_path / "bundle"  # the shared bundle plus an engines/ directory, without copying graphs
+    bundle.mkdir()
+    for f in demo_bundle.iterdir():
+        if f.is_file():
+            (bundle / f.name).symlink_to(f)
+    B.build_engines(bundle, options=B.EngineBuildOptions(progress=False))
+    assert (bundle / T.ENGINES_DIR / T.ENGINES_NAME).is_file()
+    page = files("dsocr.runtime.data") / "sample_page.png"
+    opts = RunOptions(generation=GenerationOptions(max_new_tokens=12))
+    got = Pipeline(bundle, backend="tensorrt").generate(page.read_bytes(), opts)[1]
+    want = Pipeline(bundle, backend="ort").generate(page.read_bytes(), opts)[1]
+    assert got.ids == want.ids and len(got.ids) > 0
+
+
+def test_alternating_caches_hand_over(engines, demo_bundle):
+    """Two sequences on one backend: switching caches brings the previous one's entries home first."""
+    manifest = read_manifest(demo_bundle, verify_files=False)
+    trt, ort = T.TrtBackend(demo_bundle, manifest, engines), OrtBackend(demo_bundle, manifest)
+    rng = np.random.default_rng(2)
+    a, b = (rng.standard_normal((n, manifest.hidden_size)).astype(np.float32) for n in (4, 6))
+    _, cache_a = trt_sim.run_steps(trt, manifest, a, [])
+    _, cache_b = trt_sim.run_steps(trt, manifest, b, [])  # hands cache_a's entries back to the host
+    (got_a,), _ = trt_sim.run_steps(trt, manifest, a[:1], [], cache_a)  # and cache_a comes back
+    _, ref_a = trt_sim.run_steps(ort, manifest, a, [])
+    (want_a,), _ = trt_sim.run_steps(ort, manifest, a[:1], [], ref_a)
+    np.testing.assert_allclose(got_a, want_a, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(cache_a.key[0][:, :4], ref_a.key[0][:, :4], rtol=1e-5, atol=1e-5)

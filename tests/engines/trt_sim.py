@@ -56,7 +56,7 @@ class _Wrapper:
 
 
 cuda = types.SimpleNamespace(DeviceArray=DeviceArray, Stream=Stream, wrapper=_Wrapper,
-                             MemcpyKind=types.SimpleNamespace(HostToDevice=1))
+                             MemcpyKind=types.SimpleNamespace(HostToDevice=1, DeviceToHost=2))
 
 
 # -- tensorrt: build side ------------------------------------------------------------------------------
