@@ -534,7 +534,12 @@ def check_graph(model_or_path) -> list[Issue]:
     model_or_path: an onnx.ModelProto or a path; a path is loaded without its external data (cheap
     for multi-GB graphs), whose files are then only checked for presence.
     """
-    import onnx
+    try:
+        import onnx
+    except ImportError as e:
+        from dsocr.runtime.errors import BackendUnavailableError
+
+        raise BackendUnavailableError("onnx is needed to check graphs: pip install 'dsocr[trt]'") from e
 
     base_dir = None
     if isinstance(model_or_path, (str, Path)):

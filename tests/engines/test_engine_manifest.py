@@ -113,3 +113,17 @@ def test_gpu_info_parses_nvidia_smi(monkeypatch):
     out = types.SimpleNamespace(stdout="NVIDIA H200, 9.0\n")
     monkeypatch.setattr(T.subprocess, "run", lambda *a, **k: out)
     assert T.gpu_info() == ("NVIDIA H200", "9.0")
+
+
+def test_engines_cli_help_is_light():
+    """`python -m dsocr.engines ... --help` imports neither torch nor tensorrt (the Jetson image has no torch)."""
+    import subprocess
+
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom dsocr.engines.__main__ import main\n"
+            "for args in (['--help'], ['check', '--help'], ['build', '--help']):\n"
+            "    r = CliRunner().invoke(main, args)\n    assert r.exit_code == 0, r.output\n"
+            "import dsocr.engines.build, dsocr.engines.profiles, dsocr.runtime.backends.trt\n"
+            "print('torch' in sys.modules, 'tensorrt' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False False"
