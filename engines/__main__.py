@@ -5,24 +5,11 @@ TensorRT is imported inside `build` only; `--help` and `check` stay light.
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click
 
-from dsocr.runtime.errors import DsocrError
-
-
-def library_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except DsocrError as e:
-            raise click.ClickException(str(e)) from e
-
-    return wrapper
-
+from dsocr.runtime.clickutil import library_errors
 
 BUNDLE = click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
                       help="Bundle directory (manifest.json and ONNX graphs).")
