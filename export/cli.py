@@ -35,8 +35,10 @@ def main() -> None:
 @click.option("--max-seq-len", type=click.IntRange(16, None), default=None, help="KV cache length (default: the model's 8192).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--engines/--no-engines", default=True, show_default=True,
+              help="Also build TensorRT plans (strongly typed) when TensorRT is installed.")
 @library_errors
-def build(modes, checkpoint, out, max_seq_len, force, quiet) -> None:
+def build(modes, checkpoint, out, max_seq_len, force, quiet, engines) -> None:
     """Export ONNX graphs (+ manifest) for MODE; TensorRT engines too where TensorRT is installed."""
     import tempfile
 
@@ -56,8 +58,15 @@ def build(modes, checkpoint, out, max_seq_len, force, quiet) -> None:
         manifest = build_bundle(checkpoint, out, opts, source=source)
     sizes = sum((out / f).stat().st_size for f in manifest.files)
     click.echo(f"wrote {out} ({len(manifest.files)} files, {sizes / 2**20:.1f} MiB), modes: {', '.join(manifest.modes)}")
+    if not engines:
+        return
     if not _tensorrt_available():
         click.echo("TensorRT is not installed here: built the ONNX bundle only (run it with `dsocr run`).")
+        return
+    from dsocr.engines.build import build_engines
+
+    result = build_engines(out)
+    click.echo(f"built TensorRT engines into {out / 'engines'}: {', '.join(result.get('plans', {})) or 'none'}")
 
 
 def _tensorrt_available() -> bool:
