@@ -120,5 +120,4 @@ class Pipeline:
         """An image (path, bytes or PIL image) -> PageResult (markdown, boxes in page pixels, figure crops)."""
         page = load_image(source)
         raw, result = self.generate(page, options, on_text)
-        out = render_markdown(raw, page, prefix=figure_prefix)
-        return out.with_generation(result) if hasattr(out, "with_generation") else out
+        return render_markdown(raw, page, prefix=figure_prefix).with_generation(result)
