@@ -1,0 +1,38 @@
+"""The precision report: teacher-forced agreement per position, logits cosine, text edit distance."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from dsocr.calibration.report import compare_bundles, format_report
+
+
+@pytest.fixture(scope="module")
+def page(calib_pages):
+    return calib_pages[1]
+
+
+def test_fp32_against_itself_agrees_fully(demo_bundle, page):
+    r = compare_bundles(demo_bundle, demo_bundle, [page], max_new_tokens=4)
+    (m,) = r.modes
+    assert m.mode == "small" and m.positions == 4
+    assert m.top1 == m.vision_top1 == 1.0 and m.cer == 0.0
+    assert m.logits_cosine == pytest.approx(1.0, abs=1e-9) and m.vision_cosine == pytest.approx(1.0, abs=1e-9)
+    assert "100.00%" in format_report(r)
+
+
+def test_cli_compare_writes_json_and_enforces_min_top1(variants, demo_bundle, tmp_path):
+    from dsocr.export.cli import main
+
+    out = tmp_path / "report.json"
+    args = ["compare", "--bundle", str(variants["int8"]), "--against", str(demo_bundle), "--synthetic", "1",
+            "--max-new-tokens", "4", "--json", str(out)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    d = json.loads(out.read_text())
+    assert d["precision"] == "int8" and d["modes"][0]["positions"] == 4 and len(d["details"]) == 1
+    m = d["modes"][0]
+    assert 0 <= m["top1"] <= 1 and 0 <= m["vision_top1"] <= 1 and 0.9 < m["logits_cosine"] <= 1
+    assert m["cer"] >= 0 and d["files_bytes"]["vision_640.onnx"] > 0
+    res = CliRunner().invoke(main, args + ["--min-top1", "1.01"])
+    assert res.exit_code == 2 or m["top1"] >= 1.0
