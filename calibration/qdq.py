@@ -148,7 +148,10 @@ def _axis(node) -> int:
     return next((a.i for a in node.attribute if a.name == "axis"), 1)
 
 
-def _check_node(node, consts) -> list[str]:
+OUTPUT_CHANNEL_AXIS = {"MatMul": 1, "Gemm": 1, "Conv": 0}  # weight [K, N] / [N, K] transB=0 / [O, I, kh, kw]
+
+
+def _check_node(node, consts, reader_op: str | None = None) -> list[str]:
     where = f"{node.op_type} {node.name!r}"
     if len(node.input) < 3 or not node.input[2]:
         return [f"{where}: no zero point (ONNX then means uint8; TensorRT needs an int8 zero point of 0)"]
@@ -169,8 +172,11 @@ def _check_node(node, consts) -> list[str]:
             problems.append(f"{where}: activation scale has {s.size} values, expected per-tensor (1)")
         return problems
     w = numpy_helper.to_array(weight)
-    if s.size != 1 and (s.ndim != 1 or s.shape[0] != w.shape[_axis(node) % w.ndim]):
-        problems.append(f"{where}: {s.size} weight scales do not match axis {_axis(node)} of {w.shape}")
+    axis = _axis(node) % w.ndim
+    if s.size != 1 and (s.ndim != 1 or s.shape[0] != w.shape[axis]):
+        problems.append(f"{where}: {s.size} weight scales do not match axis {axis} of {w.shape}")
+    elif s.size > 1 and reader_op in OUTPUT_CHANNEL_AXIS and axis != OUTPUT_CHANNEL_AXIS[reader_op]:
+        problems.append(f"{where}: per-channel along axis {axis}, not the {reader_op}'s output channels")
     if w.dtype == np.int8 and w.size and int(w.min()) < -127:
         problems.append(f"{where}: weight uses -128 (symmetric int8 is [-127, 127])")
     return problems
@@ -181,10 +187,11 @@ def check_qdq_symmetric(model: onnx.ModelProto | str | Path) -> list[str]:
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
     consts = _constants(model.graph)
+    reader = {i: n.op_type for n in model.graph.node for i in n.input}
     problems = []
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            problems += _check_node(node, consts)
+            problems += _check_node(node, consts, reader.get(node.output[0]))
     return problems
 
 

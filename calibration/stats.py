@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
+
 from dsocr.runtime.errors import BackendUnavailableError, InputError
 
 try:
-    import numpy as np
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
     from onnxruntime.quantization.calibrate import (HistogramCollector, TensorData, TensorsData, create_calibrator,
                                                     load_tensors_data, save_tensors_data)

@@ -267,7 +267,7 @@ def _int8(ctx: _Context, name: str, spec: GraphSpec, stage: Path) -> dict:
 
     sel = _select(ctx, name, spec, "int8", sorted(node_groups), forced, build)
     build(set(sel.fp32_groups), stage / spec.file)
-    del full, fp32
+    full = fp32 = None  # free both graphs before the check loads the result
     model = onnx.load(str(stage / spec.file))
     assert_qdq_symmetric(model, f"{name} ({spec.file})")
     return {**info, "lm_head_router": "fp32", **qdq_summary(model), **sel.as_dict()}

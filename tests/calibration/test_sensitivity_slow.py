@@ -5,7 +5,7 @@ import pytest
 
 from dsocr.calibration.feeds import vision_feeds
 from dsocr.calibration.qdq import quantizable, quantize_int8, restore_fp32
-from dsocr.calibration.sensitivity import Probe, session
+from dsocr.calibration.sensitivity import session
 from dsocr.calibration.variants import CalibrationSource, PrecisionOptions, build_variant
 
 pytestmark = pytest.mark.slow

@@ -1,16 +1,14 @@
 """Small units without a bundle: fp16 cast folding, the Q/DQ checker, range repair, the selection rule."""
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dsocr.calibration.groups import group_of
 from dsocr.calibration.precision import to_fp16
 from dsocr.calibration.qdq import check_qdq_symmetric
 from dsocr.calibration.report import edit_distance
-from dsocr.calibration.sensitivity import Score, select_fp32_groups
-from dsocr.calibration.stats import TensorData, TensorsData, repair_ranges, CalibrationMethod
-from dsocr.calibration.sensitivity import session
+from dsocr.calibration.sensitivity import Score, select_fp32_groups, session
+from dsocr.calibration.stats import CalibrationMethod, TensorData, TensorsData, repair_ranges
 
 
 def test_groups_follow_layers_and_blocks():
@@ -53,7 +51,7 @@ def test_fp32_island_is_fp32_end_to_end(tmp_path):
     assert [o.type.tensor_type.elem_type for o in lowered.graph.output] == [TensorProto.FLOAT]
 
 
-def _qdq_model(zero_point, zp_type=TensorProto.INT8, scale=0.1, weight_scales=(0.1, 0.2)):
+def _qdq_model(zero_point, zp_type=TensorProto.INT8, scale=0.1, weight_scales=(0.1, 0.2), weight_axis=1):
     w = numpy_helper.from_array(np.array([[1, -127], [5, 3]], np.int8), "w")
     ws = numpy_helper.from_array(np.array(weight_scales, np.float32), "ws")
     wz = numpy_helper.from_array(np.zeros(len(weight_scales), np.int8), "wz")
@@ -61,7 +59,7 @@ def _qdq_model(zero_point, zp_type=TensorProto.INT8, scale=0.1, weight_scales=(0
     z = helper.make_tensor("z", zp_type, [], [zero_point])
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
-             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], name="wdq", axis=1),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], name="wdq", axis=weight_axis),
              helper.make_node("MatMul", ["xd", "wd"], ["y"], name="mm")]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [w, ws, wz, s, z])
@@ -74,6 +72,7 @@ def test_qdq_checker_accepts_symmetric_and_names_each_violation():
     assert any("UINT8" in p for p in check_qdq_symmetric(_qdq_model(0, TensorProto.UINT8)))
     assert any("positive" in p for p in check_qdq_symmetric(_qdq_model(0, scale=0.0)))
     assert any("do not match" in p for p in check_qdq_symmetric(_qdq_model(0, weight_scales=(0.1, 0.2, 0.3))))
+    assert any("output channels" in p for p in check_qdq_symmetric(_qdq_model(0, weight_axis=0)))
 
 
 def test_ranges_no_feed_reached_come_from_the_gathered_source():

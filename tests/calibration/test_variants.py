@@ -1,7 +1,4 @@
 """Precision variants of the demo bundle: full bundles, explicit precision, each runs on CPU."""
-import json
-
-import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto
