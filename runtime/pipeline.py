@@ -56,18 +56,44 @@ def open_backend(bundle_dir: Path, manifest: Manifest, backend: str, device: str
     raise InputError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
 
 
+@dataclass(frozen=True)
+class BundleAssets:
+    """What every pipeline of one bundle shares read-only: verified manifest, tokenizer, layout vectors."""
+
+    bundle_dir: Path
+    manifest: Manifest
+    tokenizer: Tokenizer
+    layout: tuple[np.ndarray, np.ndarray]  # image_newline [D], view_separator [D]
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path) -> "BundleAssets":
+        path = Path(bundle_dir)
+        manifest = read_manifest(path)
+        lay = np.load(path / manifest.layout_file)
+        return cls(path, manifest, Tokenizer.from_file(path / manifest.tokenizer),
+                   (lay["image_newline"], lay["view_separator"]))
+
+
 class Pipeline:
     """Loads a bundle once; `ocr()` many pages. One Pipeline per thread (it owns one KV cache)."""
 
     def __init__(self, bundle_dir: str | Path, backend: str = "ort", device: str = "cpu",
                  threads: int | None = None, max_seq_len: int | None = None):
-        self.bundle_dir = Path(bundle_dir)
-        self.manifest = read_manifest(self.bundle_dir)
-        self.tokenizer = Tokenizer.from_file(self.bundle_dir / self.manifest.tokenizer)
-        lay = np.load(self.bundle_dir / self.manifest.layout_file)
-        self.layout = (lay["image_newline"], lay["view_separator"])
-        self.backend = open_backend(self.bundle_dir, self.manifest, backend, device, threads)
-        self.runner = BundleRunner(self.backend, max_seq_len)
+        bundle = BundleAssets.load(bundle_dir)
+        self._attach(bundle, open_backend(bundle.bundle_dir, bundle.manifest, backend, device, threads), max_seq_len)
+
+    @classmethod
+    def from_assets(cls, bundle: "BundleAssets", backend: Backend, max_seq_len: int | None = None) -> "Pipeline":
+        """A pipeline over already loaded (verified, shared read-only) assets and a backend of its own."""
+        self = cls.__new__(cls)
+        self._attach(bundle, backend, max_seq_len)
+        return self
+
+    def _attach(self, bundle: "BundleAssets", backend: Backend, max_seq_len: int | None) -> None:
+        self.bundle_dir, self.manifest = bundle.bundle_dir, bundle.manifest
+        self.tokenizer, self.layout = bundle.tokenizer, bundle.layout
+        self.backend = backend
+        self.runner = BundleRunner(backend, max_seq_len)
 
     def mode(self, name: str | None) -> Mode:
         mode = get_mode(name or self.manifest.modes[0])
