@@ -1,14 +1,17 @@
-"""The Python half of libdsocr: what each C entry point calls (pure runtime, no torch).
+"""The Python half of libdsocr: what each C entry point of dsocr.h calls (pure runtime, no torch).
 
-A Model holds a bundle's verified assets and its ONNX Runtime sessions, shared read-only by every
-Session made from it (ORT sessions are thread-safe for run); a Session owns a Pipeline (KV cache,
-IOBinding). Errors are mapped to the C status codes by `status_of`.
+A Model holds a bundle's verified assets and its ONNX Runtime InferenceSessions, shared read-only by
+every Session made from it (InferenceSession.run is thread-safe); a Session owns a Pipeline with its
+own KV cache and IOBinding.
+All graphs load when the Model is created. Exceptions are mapped to the C status codes by `status_of`.
 """
 from __future__ import annotations
 
+import enum
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .. import errors
 from ..backends.ort import OrtBackend
@@ -18,23 +21,38 @@ from ..pipeline import BundleAssets, Pipeline, RunOptions
 from ..postprocess import render_markdown
 from ..preprocess import image_from_rgb, load_image
 
-API_VERSION = 1
+API_VERSION = 1  # DSOCR_API_VERSION in dsocr.h
 
-# Mirrors enum dsocr_status in dsocr.h.
-OK, INVALID_ARGUMENT, IO, BAD_IMAGE, BAD_BUNDLE, MODE, BACKEND, CACHE_FULL, INTERNAL = range(9)
-_STATUS = (
-    (errors.ModeError, MODE),
-    (errors.ImageError, BAD_IMAGE),
-    (errors.PDFError, BAD_IMAGE),
-    (errors.CacheOverflowError, CACHE_FULL),
-    (errors.ManifestError, BAD_BUNDLE),
-    (errors.CheckpointError, BAD_BUNDLE),
-    (errors.BackendUnavailableError, BACKEND),
-    (errors.InputError, INVALID_ARGUMENT),
-    (FileNotFoundError, IO),
-    (OSError, IO),
-    (ValueError, INVALID_ARGUMENT),
-    (TypeError, INVALID_ARGUMENT),
+
+class Status(enum.IntEnum):
+    """Mirrors enum dsocr_status in dsocr.h (a test compares the two)."""
+
+    OK = 0
+    INVALID_ARGUMENT = 1
+    IO = 2
+    BAD_IMAGE = 3
+    BAD_BUNDLE = 4
+    MODE = 5
+    BACKEND = 6
+    CACHE_FULL = 7
+    INTERNAL = 8
+    PYTHON = 9
+    OUT_OF_MEMORY = 10
+    BUSY = 11
+
+
+# First match wins: subclasses before their bases.
+_STATUS: tuple[tuple[type[BaseException], Status], ...] = (
+    (errors.ModeError, Status.MODE),
+    (errors.ImageError, Status.BAD_IMAGE),
+    (errors.PDFError, Status.BAD_IMAGE),
+    (errors.CacheOverflowError, Status.CACHE_FULL),
+    (errors.ManifestError, Status.BAD_BUNDLE),
+    (errors.CheckpointError, Status.BAD_BUNDLE),
+    (errors.BackendUnavailableError, Status.BACKEND),
+    (errors.InputError, Status.INVALID_ARGUMENT),
+    (MemoryError, Status.OUT_OF_MEMORY),
+    (OSError, Status.IO),
 )
 
 
@@ -42,16 +60,25 @@ def status_of(exc: BaseException) -> tuple[int, str]:
     """(status code, message) for an exception raised below a C entry point."""
     for kind, code in _STATUS:
         if isinstance(exc, kind):
-            return code, str(exc) or type(exc).__name__
-    return INTERNAL, f"{type(exc).__name__}: {exc}"
+            return int(code), str(exc) or type(exc).__name__
+    return int(Status.INTERNAL), f"{type(exc).__name__}: {exc}"
+
+
+def _count(name: str, value: int) -> int | None:
+    """A non-negative C int option; 0 means 'the default' (None)."""
+    if value < 0:
+        raise errors.InputError(f"{name}={value} must be >= 0 (0: the default)")
+    return value or None
 
 
 class _SharedSessions(OrtBackend):
-    """An OrtBackend whose InferenceSessions come from (and go to) its Model's shared cache."""
+    """An OrtBackend whose InferenceSessions come from (and go to) its Model's shared cache; the
+    IOBinding and logits buffer stay per backend, i.e. per Session."""
 
-    def __init__(self, model: "Model"):
+    def __init__(self, model: Model):
         self._model = model
-        super().__init__(model.assets.bundle_dir, model.assets.manifest, threads=model.threads)
+        super().__init__(model.assets.bundle_dir, model.assets.manifest, device=model.device,
+                         threads=model.threads)
 
     def _session(self, file: str):
         with self._model.lock:
@@ -62,34 +89,43 @@ class _SharedSessions(OrtBackend):
 
 
 class Model:
-    def __init__(self, bundle_dir: str, threads: int = 0):
+    def __init__(self, bundle_dir: str, device: str | None = None, threads: int = 0, max_seq_len: int = 0):
         path = Path(bundle_dir)
         if not path.is_dir():
             raise FileNotFoundError(f"bundle directory {path} does not exist")
+        self.device = device or "cpu"
+        self.threads = _count("threads", threads)
+        self.max_seq_len = _count("max_seq_len", max_seq_len)
         self.assets = BundleAssets.load(path)
-        self.threads = threads or None
-        self.sessions: dict[str, object] = {}
+        self.sessions: dict[str, object] = {}  # graph file -> InferenceSession, shared by all sessions
         self.lock = threading.Lock()
+        backend = _SharedSessions(self)
+        for graph in self.assets.manifest.graphs.values():  # load every graph now: failures surface here
+            backend._session(graph.file)
 
 
 class _Stop(Exception):
     """The host's streaming callback asked to stop."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Result:
     markdown: str
-    boxes: list  # (label, x1, y1, x2, y2)
+    raw: str
     stop_reason: str
+    n_generated: int
+    boxes: list[tuple[str, int, int, int, int]]  # (label, x1, y1, x2, y2) in page pixels
 
 
 class Session:
-    def __init__(self, model: Model, max_seq_len: int = 0):
-        self.pipe = Pipeline.from_assets(model.assets, _SharedSessions(model), max_seq_len or None)
+    def __init__(self, model: Model):
+        self.pipe = Pipeline.from_assets(model.assets, _SharedSessions(model), model.max_seq_len)
 
-    def _run(self, page, mode, prompt, max_new_tokens, callback) -> Result:
-        gen = GenerationOptions(max_new_tokens=max_new_tokens) if max_new_tokens > 0 else GenerationOptions()
-        options = RunOptions(mode=mode or None, prompt=prompt or "document", generation=gen)
+    def _run(self, page, mode: str | None, prompt: str | None, ref: str | None, max_new_tokens: int,
+             callback: Callable[[str], bool] | None) -> Result:
+        n = _count("max_new_tokens", max_new_tokens)
+        gen = GenerationOptions(max_new_tokens=n) if n else GenerationOptions()
+        options = RunOptions(mode=mode or None, prompt=prompt or "document", ref=ref, generation=gen)
         streamed: list[str] = []
 
         def on_text(piece: str) -> None:
@@ -99,21 +135,21 @@ class Session:
 
         try:
             raw, result = self.pipe.generate(page, options, on_text=on_text)
-            stop = str(result.stop_reason)
+            stop, n_generated = str(result.stop_reason), len(result.ids)
         except _Stop:
-            raw, stop = "".join(streamed), "cancelled"
+            raw, stop, n_generated = "".join(streamed), "cancelled", 0
         out = render_markdown(raw, page)
-        return Result(out.markdown, [(b.label, b.x1, b.y1, b.x2, b.y2) for b in out.boxes], stop)
+        return Result(out.markdown, raw, stop, n_generated, [(b.label, *b.xyxy) for b in out.boxes])
 
-    def run_encoded(self, data: bytes, mode, prompt, max_new_tokens, callback) -> Result:
-        if not data:
-            raise errors.ImageError("empty image buffer")
-        return self._run(load_image(bytes(data)), mode, prompt, max_new_tokens, callback)
+    def run_encoded(self, data, mode, prompt, ref, max_new_tokens, callback) -> Result:
+        """data: a buffer over the host's bytes, valid during the call only (load_image copies it)."""
+        return self._run(load_image(data), mode, prompt, ref, max_new_tokens, callback)
 
-    def run_rgb(self, data: bytes, width: int, height: int, stride: int, mode, prompt, max_new_tokens,
+    def run_rgb(self, data, width: int, height: int, stride: int, mode, prompt, ref, max_new_tokens,
                 callback) -> Result:
-        page = image_from_rgb(bytes(data), width, height, stride or None)
-        return self._run(page, mode, prompt, max_new_tokens, callback)
+        """data: a buffer over the host's pixels, valid during the call only (image_from_rgb copies it)."""
+        page = image_from_rgb(data, width, height, stride or None)
+        return self._run(page, mode, prompt, ref, max_new_tokens, callback)
 
 
 def bundle_format_version() -> int:
