@@ -3,10 +3,16 @@
 The decoder runs through IOBinding: past_* inputs are bound to views of the preallocated cache and
 present_* outputs to the cache slots they fill, so ORT writes new K/V in place (no per-step copies
 for batch 1), and logits land in one reused buffer.
+
+Vision runs shrink ORT's CPU arena when they end: their activations are GB-sized (SAM's global
+attention at 1024 px: [12, 4096, 4096] fp32 per tensor) and would otherwise stay reserved while the
+decoder runs (full size, 1024 px: 6.6 -> 1.6 GiB resident after the call, same latency;
+bench/vision_arena.py).
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -47,7 +53,10 @@ def _providers(ort, device: str) -> list[str]:
 class OrtBackend(Backend):
     name = "ort"
 
-    def __init__(self, bundle_dir: str | Path, manifest: Manifest, device: str = "cpu", threads: int | None = None):
+    def __init__(self, bundle_dir: str | Path, manifest: Manifest, device: str = "cpu", threads: int | None = None,
+                 session_config: Mapping[str, str] | None = None):
+        """threads: intra-op threads (default: ORT's, one per physical core); session_config: extra ORT
+        session config entries, e.g. {"session.intra_op.allow_spinning": "0"} on a shared machine."""
         super().__init__(bundle_dir, manifest)
         self._ort = import_ort()
         self._providers = _providers(self._ort, device)
@@ -55,6 +64,10 @@ class OrtBackend(Backend):
         self._options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             self._options.intra_op_num_threads = int(threads)
+        for key, value in (session_config or {}).items():
+            self._options.add_session_config_entry(str(key), str(value))
+        self._vision_run = self._ort.RunOptions()
+        self._vision_run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._sessions: dict[str, object] = {}
         self._decoder = self._session(manifest.graphs["decoder"].file)
         self._binding = self._decoder.io_binding()
@@ -68,7 +81,7 @@ class OrtBackend(Backend):
         return self._sessions[file]
 
     def _vision_impl(self, graph_file: str, pixel_values: np.ndarray) -> np.ndarray:
-        return self._session(graph_file).run(["image_features"], {"pixel_values": pixel_values})[0]
+        return self._session(graph_file).run(["image_features"], {"pixel_values": pixel_values}, self._vision_run)[0]
 
     def _embed_impl(self, input_ids: np.ndarray) -> np.ndarray:
         return self._session(self.manifest.graphs["embed"].file).run(["inputs_embeds"], {"input_ids": input_ids})[0]
