@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -23,7 +22,8 @@ import onnx
 from tqdm import tqdm
 
 from dsocr.runtime.errors import InputError
-from dsocr.runtime.manifest import MANIFEST_NAME, GraphSpec, Manifest, file_entries, read_manifest, write_manifest
+from dsocr.runtime.manifest import (MANIFEST_NAME, GraphSpec, Manifest, file_entries, read_manifest, replace_dir,
+                                    write_manifest)
 
 from .feeds import Feed, Feeds, bundle_feeds
 from .groups import group_of, last_layer_groups, num_decoder_layers
@@ -327,7 +327,7 @@ def build_variant(fp32_bundle: str | Path, out_dir: str | Path | None, precision
             shutil.copyfile(src / f, stage / f)
         new = _variant_manifest(ctx, precision, graphs, info, stage)
         write_manifest(stage, new)
-        _replace_dir(stage, out)
+        replace_dir(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -376,13 +376,3 @@ def _variant_manifest(ctx: _Context, precision: str, graphs: dict, info: dict, s
     })
     return dataclasses.replace(m, precision=precision, graphs=graphs, files=file_entries(stage, names), source=source)
 
-
-def _replace_dir(stage: Path, out: Path) -> None:
-    """Move the finished staging directory to `out`, replacing an old one only at the very end."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        stage.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        stage.rename(out)

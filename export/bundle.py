@@ -5,7 +5,6 @@ end, so an interrupted build leaves nothing half-written under the target name.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dsocr.runtime.errors import CheckpointError, InputError
-from dsocr.runtime.manifest import KVSpec, Manifest, file_entries, write_manifest
+from dsocr.runtime.manifest import KVSpec, Manifest, file_entries, replace_dir, write_manifest
 from dsocr.runtime.modes import get_mode
 from dsocr.runtime.prompts import PROMPTS, split_prompt
 from dsocr.runtime.tokenizer import Tokenizer
@@ -109,19 +108,9 @@ def build_bundle(checkpoint: str | Path, out_dir: str | Path, options: BuildOpti
             source={"checkpoint": source or str(ckpt.resolve()), "model_type": "deepseek-ocr"},
         )
         write_manifest(stage, manifest)
-        _replace_dir(stage, out)
+        replace_dir(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return manifest
 
-
-def _replace_dir(stage: Path, out: Path) -> None:
-    """Move the finished staging directory to `out` (replacing an old bundle only at the very end)."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        stage.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        stage.rename(out)

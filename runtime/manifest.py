@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,3 +149,14 @@ def verify_bundle_files(bundle: Path, manifest: Manifest) -> None:
             raise ManifestError(f"bundle file {name} has {size} bytes, the manifest says {entry['bytes']}")
         if sha256_file(f) != entry["sha256"]:
             raise ManifestError(f"bundle file {name} does not match its SHA-256 in the manifest (modified or corrupt)")
+
+
+def replace_dir(stage: Path, out: Path) -> None:
+    """Move a finished staging directory to `out`, replacing an old bundle only at the very end."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        stage.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        stage.rename(out)
