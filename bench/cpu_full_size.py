@@ -6,13 +6,14 @@ against dsocr's PyTorch model in eager mode and against the memory-bandwidth cei
 1. artifacts, made once and reused (fullsize_prepare.py): the real config with rule weights (bf16
    safetensors), the fp32 bundle (modes tiny, small, base, gundam), the int8 and int4 variants;
 2. memory bandwidth (membw.py);
-3. each backend in its own process, one after another (fullsize_measure.py): encoder latency per
-   mode, Small/Base prefill, one Small page end to end with 256 greedy decode steps, peak RSS;
+3. each backend in its own processes, one after another (fullsize_measure.py): encoder latency per
+   mode, Small/Base prefill, one Small page end to end with 256 greedy decode steps, peak RSS; two
+   passes over all backends (best of each), as other work on a shared machine comes and goes;
 4. one table of ratios (dsocr / eager, dsocr / ceiling) and a JSON file.
 
 --layers N cuts the decoder, SAM and CLIP depths to N (for development); the default is full size.
 The first full-size run spends ~30 min on artifacts (~27 GB in the work directory); a run that finds
-them takes ~25 min and needs ~14 GiB free memory (the eager fp32 model).
+them takes ~30 min and needs ~16 GiB free memory (the eager fp32 model).
 """
 from __future__ import annotations
 
@@ -63,7 +64,24 @@ def measure(name: str, phase: str, bundle: Path, out: Path, a, ckpt: Path, embed
     return json.loads(out.read_text())
 
 
-def run_all(backends: list[str], paths: dict, workdir: Path, a) -> dict:
+def best_of(runs: list[dict]) -> dict:
+    """Merge one backend's passes: the lowest latencies, the highest decode rate and bandwidth, the
+    highest peak RSS; every pass kept under "passes"."""
+    out = dict(runs[0])
+    for key in ("encoder_s", "prefill_s"):
+        if key in out:
+            out[key] = {m: min(r[key][m] for r in runs) for m in out[key]}
+    if "page_small" in out:
+        out["page_small"] = dict(min((r["page_small"] for r in runs), key=lambda p: p["total_s"]))
+        out["page_small"]["tokens_per_s"] = max(r["page_small"]["tokens_per_s"] for r in runs)
+        out["bandwidth_after"] = max((r["bandwidth_after"] for r in runs), key=lambda b: b["ceiling_gbs"])
+    out["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in runs)
+    out["load_s"] = min(r["load_s"] for r in runs)
+    out["passes"] = runs
+    return out
+
+
+def run_pass(backends: list[str], paths: dict, workdir: Path, a, k: int) -> tuple[dict, dict]:
     """Encoders: eager, and ORT once (every variant runs the same fp32 vision graphs); then the decode
     phase of each backend, all prefilling the same image embeddings (ORT's if measured, else eager's)."""
     enc, dec = {}, {}
@@ -71,16 +89,26 @@ def run_all(backends: list[str], paths: dict, workdir: Path, a) -> dict:
     for name in [b for b in ("eager", "ort") if b == "eager" and "eager" in backends
                  or b == "ort" and set(backends) - {"eager"}]:
         _check_memory(18 if name == "eager" and full else 8, f"{name} encoders")
-        say(f"encoders: {name}")
+        say(f"pass {k}: encoders {name}")
         enc[name] = measure(name, "encoders", paths["fp32"], workdir / f"enc-{name}.json", a, paths["ckpt"])
     embeds = workdir / ("enc-ort.embeds.npz" if "ort" in enc else "enc-eager.embeds.npz")
     for name in backends:
         _check_memory(16 if name in ("eager", "fp32") and full else 5, f"{name} decode")
-        say(f"decode: {name}")
+        say(f"pass {k}: decode {name}")
         bundle = paths["fp32"] if name == "eager" else paths[name]
         dec[name] = measure(name, "decode", bundle, workdir / f"result-{name}.json", a, paths["ckpt"], embeds)
-        dec[name]["encoder_s"] = enc["eager" if name == "eager" else "ort"]["encoder_s"]
-        dec[name]["peak_rss_encoders_bytes"] = enc["eager" if name == "eager" else "ort"]["peak_rss_bytes"]
+    return enc, dec
+
+
+def run_all(backends: list[str], paths: dict, workdir: Path, a) -> dict:
+    """`a.passes` passes over every backend, then each backend's best (a backend that met a busy
+    period on this shared machine in one pass gets another chance later)."""
+    passes = [run_pass(backends, paths, workdir, a, k + 1) for k in range(a.passes)]
+    enc = {n: best_of([p[0][n] for p in passes]) for n in passes[0][0]}
+    dec = {n: best_of([p[1][n] for p in passes]) for n in backends}
+    for name, r in dec.items():
+        e = enc["eager" if name == "eager" else "ort"]
+        r["encoder_s"], r["peak_rss_encoders_bytes"] = e["encoder_s"], e["peak_rss_bytes"]
     return dec
 
 
@@ -191,7 +219,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--tokens", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2, help="best of N within a pass")
+    ap.add_argument("--passes", type=int, default=2, help="passes over all backends; best of the passes")
     ap.add_argument("--threads", type=int, default=psutil.cpu_count(logical=False))
     ap.add_argument("--ort-config", nargs="*", default=[], help="ORT session config entries key=value")
     ap.add_argument("--prepare-only", action="store_true")
