@@ -11,13 +11,29 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
+FIXTURES = REPO_ROOT / "tests" / "fixtures"  # vendored copies of ../shared/fixtures and ../shared/reference
+
+
 @pytest.fixture(scope="session")
-def fixture_dir(repo_root) -> Path:
-    """../shared/fixtures/tiny next to the repository (golden outputs of the official code)."""
-    path = (repo_root / ".." / "shared" / "fixtures" / "tiny").resolve()
-    if not (path / "golden.npz").is_file():
-        pytest.skip(f"golden fixture not found at {path}")
+def fixture_dir() -> Path:
+    """tests/fixtures/tiny: golden outputs of the official v1 code (vendored; never skipped)."""
+    path = FIXTURES / "tiny"
+    assert (path / "golden.npz").is_file(), f"vendored golden fixture missing at {path}"
     return path
+
+
+@pytest.fixture(scope="session")
+def ocr2_fixture_dir() -> Path:
+    """tests/fixtures/ocr2-tiny: golden outputs of the official OCR-2 code (vendored; never skipped)."""
+    path = FIXTURES / "ocr2-tiny"
+    assert (path / "golden.npz").is_file(), f"vendored golden fixture missing at {path}"
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """tests/fixtures/reference: the real checkpoints' configs and key indexes (v1; ocr2/ for OCR-2)."""
+    return FIXTURES / "reference"
 
 
 @pytest.fixture(scope="session")

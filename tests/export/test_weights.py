@@ -72,12 +72,10 @@ def test_missing_config_and_shard(tmp_path, shapes):
         DeepseekOCR.from_pretrained(ckpt)
 
 
-def test_reads_official_config_sizes(repo_root):
+def test_reads_official_config_sizes(reference_dir):
     from dsocr.runtime.config import ModelConfig
 
-    ref = repo_root.parent / "shared" / "reference" / "config.json"
-    if not ref.is_file():
-        pytest.skip("shared/reference not present")
+    ref = reference_dir / "config.json"
     cfg = ModelConfig.from_file(ref)
     assert (cfg.decoder.num_hidden_layers, cfg.decoder.n_routed_experts, cfg.decoder.vocab_size) == (12, 64, 129280)
     assert (cfg.sam.width, cfg.sam.global_attn_indexes, cfg.clip.layers) == (768, (2, 5, 8, 11), 24)
@@ -87,13 +85,11 @@ def test_reads_official_config_sizes(repo_root):
     assert n == 3_336_106_240  # ARCHITECTURE.md §5: exact parameter count of the release
 
 
-def test_key_names_match_the_released_checkpoint(repo_root):
+def test_key_names_match_the_released_checkpoint(reference_dir):
     from dsocr.runtime.config import ModelConfig
     from dsocr.export.weights import OPTIONAL_KEYS
 
-    ref = repo_root.parent / "shared" / "reference"
-    if not (ref / "model.safetensors.index.json").is_file():
-        pytest.skip("shared/reference not present")
+    ref = reference_dir
     released = set(json.loads((ref / "model.safetensors.index.json").read_text())["weight_map"])
     with torch.device("meta"):
         model = DeepseekOCR(ModelConfig.from_file(ref))
