@@ -51,6 +51,15 @@ class Backend(ABC):
         cache.commit(stop)
         return logits
 
+    def close(self) -> None:
+        """Release what the backend holds (sessions, buffers); the backend is unusable afterwards."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # -- hooks -----------------------------------------------------------------------------------
     @abstractmethod
     def _vision_impl(self, graph_file: str, pixel_values: np.ndarray) -> np.ndarray: ...

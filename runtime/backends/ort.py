@@ -11,14 +11,16 @@ bench/vision_arena.py).
 """
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, InputError
+from ..errors import BackendUnavailableError, InputError, ManifestError
 from ..kv_cache import KVCache
-from ..manifest import Manifest
+from ..manifest import GraphSpec, Manifest
 from .base import Backend
 
 PROVIDERS = {
@@ -28,6 +30,9 @@ PROVIDERS = {
 }
 
 
+TELEMETRY_ENV = "DSOCR_ORT_TELEMETRY"  # "1": leave ONNX Runtime's telemetry on (off by default)
+
+
 def import_ort():
     try:
         import onnxruntime
@@ -35,6 +40,8 @@ def import_ort():
         raise BackendUnavailableError(
             "onnxruntime is not installed: pip install 'dsocr[ort]' (or 'dsocr[ort-gpu]' for CUDA)"
         ) from e
+    if os.environ.get(TELEMETRY_ENV) != "1" and hasattr(onnxruntime, "disable_telemetry_events"):
+        onnxruntime.disable_telemetry_events()  # ORT's documented switch; opt in with DSOCR_ORT_TELEMETRY=1
     return onnxruntime
 
 
@@ -50,41 +57,110 @@ def _providers(ort, device: str) -> list[str]:
     return [wanted, "CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [wanted]
 
 
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+              "tensor(int32)": "int32", "tensor(bool)": "bool", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
+
+
+def check_contract(graph: str, spec: GraphSpec, session) -> None:
+    """Refuse a graph whose input/output names or dtypes differ from the manifest's contract."""
+    for kind, want, have in (("inputs", spec.inputs, session.get_inputs()), ("outputs", spec.outputs, session.get_outputs())):
+        if not want:  # a manifest without I/O specs (in-memory manifests) has nothing to check
+            continue
+        w = {t.name: t.dtype for t in want}
+        h = {a.name: _ORT_TYPES.get(a.type, a.type) for a in have}
+        if set(w) != set(h):
+            missing, extra = sorted(set(w) - set(h)), sorted(set(h) - set(w))
+            raise ManifestError(f"graph {graph} ({spec.file}) does not match the manifest's {kind}: "
+                                f"missing {missing or 'none'}, unexpected {extra or 'none'}")
+        bad = sorted(n for n in w if w[n] != h[n])
+        if bad:
+            raise ManifestError(f"graph {graph} ({spec.file}): {kind} {bad} have dtypes "
+                                f"{[h[n] for n in bad]}, the manifest says {[w[n] for n in bad]}")
+
+
+class SessionCache:
+    """graph file -> onnxruntime.InferenceSession for one bundle, created on first use (thread-safe)
+    and checked against the manifest's I/O contract. One cache can serve many OrtBackends: sessions
+    are read-only and `InferenceSession.run` is thread-safe (each backend keeps its own IOBinding).
+
+    threads: intra-op threads (default: ORT's, one per physical core); session_config: extra ORT
+    session config entries, e.g. {"session.intra_op.allow_spinning": "0"} on a shared machine;
+    configure(options, file): a hook that edits a copy of the SessionOptions per graph file
+    (profiling, optimisation level, ...) before its session is created.
+    """
+
+    def __init__(self, bundle_dir: str | Path, manifest: Manifest, device: str = "cpu", threads: int | None = None,
+                 session_config: Mapping[str, str] | None = None,
+                 configure: Callable[[object, str], None] | None = None):
+        self.bundle_dir, self.manifest, self.device = Path(bundle_dir), manifest, device
+        self.ort = import_ort()
+        self.providers = _providers(self.ort, device)
+        self.threads = int(threads) if threads else None
+        self._config = dict(session_config or {})
+        self._configure = configure
+        self._sessions: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def options(self, file: str):
+        opts = self.ort.SessionOptions()
+        opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        for key, value in self._config.items():
+            opts.add_session_config_entry(str(key), str(value))
+        if self._configure is not None:
+            self._configure(opts, file)
+        return opts
+
+    def get(self, file: str):
+        with self._lock:
+            if file not in self._sessions:
+                session = self.ort.InferenceSession(str(self.bundle_dir / file), sess_options=self.options(file),
+                                                    providers=self.providers)
+                for name, spec in self.manifest.graphs.items():
+                    if spec.file == file:
+                        check_contract(name, spec, session)
+                self._sessions[file] = session
+            return self._sessions[file]
+
+    def load_all(self) -> None:
+        """Create every graph's session now, so that a bad graph fails here rather than mid-page."""
+        for graph in self.manifest.graphs.values():
+            self.get(graph.file)
+
+    def items(self) -> list[tuple[str, object]]:
+        with self._lock:
+            return list(self._sessions.items())
+
+    def close(self) -> None:
+        with self._lock:
+            self._sessions.clear()
+
+
 class OrtBackend(Backend):
     name = "ort"
 
     def __init__(self, bundle_dir: str | Path, manifest: Manifest, device: str = "cpu", threads: int | None = None,
-                 session_config: Mapping[str, str] | None = None):
-        """threads: intra-op threads (default: ORT's, one per physical core); session_config: extra ORT
-        session config entries, e.g. {"session.intra_op.allow_spinning": "0"} on a shared machine."""
+                 session_config: Mapping[str, str] | None = None, sessions: SessionCache | None = None):
+        """sessions: a SessionCache to share with other backends of the same bundle (then device,
+        threads and session_config are the cache's); default: a cache of this backend's own."""
         super().__init__(bundle_dir, manifest)
-        self._ort = import_ort()
-        self._providers = _providers(self._ort, device)
-        self._options = self._ort.SessionOptions()
-        self._options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            self._options.intra_op_num_threads = int(threads)
-        for key, value in (session_config or {}).items():
-            self._options.add_session_config_entry(str(key), str(value))
+        self.sessions = sessions or SessionCache(bundle_dir, manifest, device, threads, session_config)
+        self._ort = self.sessions.ort
         self._vision_run = self._ort.RunOptions()
         self._vision_run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        self._sessions: dict[str, object] = {}
-        self._decoder = self._session(manifest.graphs["decoder"].file)
-        self._binding = self._decoder.io_binding()
+        self._binding = None  # the decoder's IOBinding, made on the first decode (graphs load lazily)
         self._logits: np.ndarray | None = None
 
-    def _session(self, file: str):
-        if file not in self._sessions:
-            self._sessions[file] = self._ort.InferenceSession(
-                str(self.bundle_dir / file), sess_options=self._options, providers=self._providers
-            )
-        return self._sessions[file]
+    def close(self) -> None:
+        self._binding = None
+        self._logits = None
 
     def _vision_impl(self, graph_file: str, pixel_values: np.ndarray) -> np.ndarray:
-        return self._session(graph_file).run(["image_features"], {"pixel_values": pixel_values}, self._vision_run)[0]
+        return self.sessions.get(graph_file).run(["image_features"], {"pixel_values": pixel_values}, self._vision_run)[0]
 
     def _embed_impl(self, input_ids: np.ndarray) -> np.ndarray:
-        return self._session(self.manifest.graphs["embed"].file).run(["inputs_embeds"], {"input_ids": input_ids})[0]
+        return self.sessions.get(self.manifest.graphs["embed"].file).run(["inputs_embeds"], {"input_ids": input_ids})[0]
 
     def _bind(self, name: str, array: np.ndarray, output: bool = False) -> np.ndarray:
         """Bind `array`'s memory (a contiguous view, else a copy that the caller keeps alive)."""
@@ -97,6 +173,9 @@ class OrtBackend(Backend):
         return array
 
     def _decode_impl(self, embeds, cos, sin, mask, cache: KVCache, start: int, stop: int) -> np.ndarray:
+        if self._binding is None:
+            self._decoder = self.sessions.get(self.manifest.graphs["decoder"].file)
+            self._binding = self._decoder.io_binding()
         b = self._binding
         b.clear_binding_inputs()
         b.clear_binding_outputs()

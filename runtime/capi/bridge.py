@@ -8,13 +8,12 @@ All graphs load when the Model is created. Exceptions are mapped to the C status
 from __future__ import annotations
 
 import enum
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .. import errors
-from ..backends.ort import OrtBackend
+from ..backends.ort import OrtBackend, SessionCache
 from ..decoding import GenerationOptions
 from ..manifest import FORMAT_VERSION
 from ..pipeline import BundleAssets, Pipeline, RunOptions
@@ -71,23 +70,6 @@ def _count(name: str, value: int) -> int | None:
     return value or None
 
 
-class _SharedSessions(OrtBackend):
-    """An OrtBackend whose InferenceSessions come from (and go to) its Model's shared cache; the
-    IOBinding and logits buffer stay per backend, i.e. per Session."""
-
-    def __init__(self, model: Model):
-        self._model = model
-        super().__init__(model.assets.bundle_dir, model.assets.manifest, device=model.device,
-                         threads=model.threads)
-
-    def _session(self, file: str):
-        with self._model.lock:
-            if file not in self._model.sessions:
-                self._model.sessions[file] = self._ort.InferenceSession(
-                    str(self.bundle_dir / file), sess_options=self._options, providers=self._providers)
-            return self._model.sessions[file]
-
-
 class Model:
     def __init__(self, bundle_dir: str, device: str | None = None, threads: int = 0, max_seq_len: int = 0):
         path = Path(bundle_dir)
@@ -97,11 +79,13 @@ class Model:
         self.threads = _count("threads", threads)
         self.max_seq_len = _count("max_seq_len", max_seq_len)
         self.assets = BundleAssets.load(path)
-        self.sessions: dict[str, object] = {}  # graph file -> InferenceSession, shared by all sessions
-        self.lock = threading.Lock()
-        backend = _SharedSessions(self)
-        for graph in self.assets.manifest.graphs.values():  # load every graph now: failures surface here
-            backend._session(graph.file)
+        # graph file -> InferenceSession, shared read-only by every Session of this model
+        self.sessions = SessionCache(path, self.assets.manifest, device=self.device, threads=self.threads)
+        self.sessions.load_all()  # every graph now: failures surface here, not mid-page
+
+    def backend(self) -> OrtBackend:
+        """A backend of its own (IOBinding, logits buffer) over the shared sessions."""
+        return OrtBackend(self.assets.bundle_dir, self.assets.manifest, sessions=self.sessions)
 
 
 class _Stop(Exception):
@@ -119,7 +103,7 @@ class Result:
 
 class Session:
     def __init__(self, model: Model):
-        self.pipe = Pipeline.from_assets(model.assets, _SharedSessions(model), model.max_seq_len)
+        self.pipe = Pipeline.from_assets(model.assets, model.backend(), model.max_seq_len)
 
     def _run(self, page, mode: str | None, prompt: str | None, ref: str | None, max_new_tokens: int,
              callback: Callable[[str], bool] | None) -> Result:
