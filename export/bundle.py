@@ -6,7 +6,6 @@ end, so an interrupted build leaves nothing half-written under the target name.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dsocr.runtime.errors import CheckpointError, InputError
-from dsocr.runtime.manifest import KVSpec, Manifest, file_entries, replace_dir, write_manifest
+from dsocr.runtime.manifest import KVSpec, Manifest, file_entries, make_stage_dir, replace_dir, write_manifest
 from dsocr.runtime.modes import get_mode
 from dsocr.runtime.prompts import PROMPTS, split_prompt
 from dsocr.runtime.tokenizer import Tokenizer
@@ -90,7 +89,7 @@ def build_bundle(checkpoint: str | Path, out_dir: str | Path, options: BuildOpti
     cfg = model.config.decoder
     sizes = sorted({s for m in options.modes for s in get_mode(m).vision_sizes})
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    stage = make_stage_dir(out.parent, f".{out.name}.partial-")
     try:
         with tqdm(total=len(sizes) + 3, disable=not options.progress, unit="graph") as bar:
             graphs = _write_graphs(model, stage, sizes, bar)

@@ -75,7 +75,7 @@ def info(bundle, no_verify) -> None:
     click.echo(f"kv cache: {m.kv.num_layers} layers x {m.kv.num_heads} heads x {m.kv.head_dim}, {m.kv.dtype}, "
                f"max {m.kv.max_seq_len} positions ({m.kv.layout})")
     for name, g in m.graphs.items():
-        size = sum((Path(bundle) / f).stat().st_size for f in m.files if f.startswith(g.file))
+        size = sum(e["bytes"] for f, e in m.files.items() if f == g.file or f.startswith(g.file + "."))
         click.echo(f"  {name:<12} {g.file:<22} {size / 2**20:9.1f} MiB  {g.precision}")
     click.echo("files verified (SHA-256)" if not no_verify else "files not verified")
 

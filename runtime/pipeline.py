@@ -14,7 +14,7 @@ from .backends.base import Backend
 from .decoding import GenerationOptions, GenerationResult, TextStreamer, generate
 from .errors import InputError, ModeError
 from .layout import assemble_prompt, layout_image_embeds, scatter_image_embeds
-from .manifest import Manifest, read_manifest
+from .manifest import Manifest, bundle_file, read_layout, read_manifest
 from .modes import MAX_TILES, Mode, get_mode
 from .postprocess import PageResult, render_markdown
 from .preprocess import load_image, preprocess
@@ -69,9 +69,8 @@ class BundleAssets:
     def load(cls, bundle_dir: str | Path) -> "BundleAssets":
         path = Path(bundle_dir)
         manifest = read_manifest(path)
-        lay = np.load(path / manifest.layout_file)
-        return cls(path, manifest, Tokenizer.from_file(path / manifest.tokenizer),
-                   (lay["image_newline"], lay["view_separator"]))
+        tokenizer = Tokenizer.from_file(bundle_file(path, manifest, manifest.tokenizer, "manifest.tokenizer"))
+        return cls(path, manifest, tokenizer, read_layout(path, manifest))
 
 
 class Pipeline:
