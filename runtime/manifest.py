@@ -201,14 +201,15 @@ def _external_locations(buf: bytes, final: bool) -> tuple[list[bytes], int]:
     """External-data file names in an ONNX chunk -> (names, bytes of buf fully scanned)."""
     out, pos, keep = [], 0, len(buf) if final else max(0, len(buf) - 4200)  # > PATH_MAX + header
     while (i := buf.find(_LOCATION, pos)) != -1:
-        j, n, shift = i + len(_LOCATION), 0, 0
+        j, n, shift, complete = i + len(_LOCATION), 0, 0, False
         while j < len(buf) and shift < 35:  # varint length of the value
             n |= (buf[j] & 0x7F) << shift
             shift += 7
             j += 1
             if not buf[j - 1] & 0x80:
+                complete = True
                 break
-        if j + n > len(buf):
+        if not complete or j + n > len(buf):
             if not final and i >= keep:
                 return out, i  # read on: the name crosses the chunk boundary
             break
