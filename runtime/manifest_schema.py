@@ -156,7 +156,7 @@ def read_json_limited(path: Path, what: str, max_bytes: int = MAX_JSON_BYTES, ma
                 raise ManifestError(f"{what} ({path}) is not a regular file")
             data = f.read(max_bytes + 1)
     except OSError as e:
-        raise ManifestError(f"{what} ({path}) cannot be read: {e.strerror or e}") from e
+        raise ManifestError(f"{what} ({path}) is not readable: {e.strerror or e}") from e
     if len(data) > max_bytes:
         raise ManifestError(f"{what} ({path}) is larger than {max_bytes} bytes; not a dsocr file")
     try:

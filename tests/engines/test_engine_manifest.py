@@ -49,7 +49,7 @@ def test_not_an_engine_manifest(tmp_path):
         T.check_engine_manifest(tmp_path / "missing.json", "10.3.0", "x", "8.7")
     broken = record()
     del broken["gpu"]
-    with pytest.raises(ManifestError, match="GPU it was built for"):
+    with pytest.raises(ManifestError, match="lacks the required field 'gpu'"):
         T.check_engine_manifest(broken, "10.3.0", "x", "8.7")
 
 

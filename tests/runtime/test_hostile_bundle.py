@@ -273,3 +273,37 @@ def test_stage_dirs_and_bundles_follow_the_umask(tmp_path):
         assert make_stage_dir(tmp_path, ".y-").stat().st_mode & 0o777 == 0o700
     finally:
         os.umask(old)
+
+
+# -- engines.json: one typed schema for writer and reader -------------------------------------------
+def _engines(**plan):
+    entry = {"file": "decoder.plan", "sha256": "a" * 64, "bytes": 3, "onnx": {"file": "decoder.onnx", "sha256": "b" * 64},
+             "profiles": [{"x": [[1], [2], [3]]}], **plan}
+    return {"format": "dsocr-engines", "format_version": 1, "tensorrt_version": "10.3", "past_pad": 1,
+            "gpu": {"name": "g", "compute_capability": "8.7"}, "plans": {"decoder": entry}}
+
+
+def test_engines_record_round_trips_and_resolves_plans_inside(tmp_path):
+    from dsocr.runtime.engines_file import EnginesRecord, read_engines, write_engines
+
+    rec = EnginesRecord.from_dict(_engines())
+    write_engines(tmp_path, rec)
+    again = read_engines(tmp_path / "engines.json")
+    assert again == rec and again.plan_path(tmp_path, "decoder") == (tmp_path / "decoder.plan").resolve()
+    (tmp_path / "decoder.plan").symlink_to("/etc/hostname")
+    with pytest.raises(ManifestError, match="outside"):
+        again.plan_path(tmp_path, "decoder")
+
+
+@pytest.mark.parametrize("plan, match", [
+    ({"file": "/etc/x.plan"}, r"engines\.plans\.decoder\.file .*absolute"),
+    ({"file": "../x.plan"}, r"'\.\.' part"),
+    ({"bytes": -1}, r"engines\.plans\.decoder\.bytes = -1 is below 0"),
+    ({"profiles": []}, r"engines\.plans\.decoder\.profiles is empty"),
+    ({"sha256": "x"}, r"engines\.plans\.decoder\.sha256"),
+])
+def test_engines_record_refuses_bad_plans(plan, match):
+    from dsocr.runtime.engines_file import EnginesRecord
+
+    with pytest.raises(ManifestError, match=match):
+        EnginesRecord.from_dict(_engines(**plan))
