@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, InputError
+from .inputs import display_path
 from .modes import MAX_TILES, MIN_TILES, TILE, Mode, get_mode
 
 MAX_PIXELS = 100_000_000  # ~300 MB as RGB8; the same cap as a rendered PDF page
@@ -69,25 +70,30 @@ def _open(src, what: str) -> Image.Image:
             return Image.open(fp)
     except Image.DecompressionBombError as e:
         raise ImageError(f"{what} is too large to decode safely: {e}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, NotImplementedError) as e:
         raise ImageError(f"{what} is not a readable image ({e})") from None
 
 
-def load_image(src, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """A path, encoded bytes or a PIL image -> an RGB PIL image, EXIF orientation applied.
+def load_image(src, max_pixels: int = MAX_PIXELS, frame: int = 0) -> Image.Image:
+    """A path, encoded bytes or a PIL image -> an RGB PIL image, EXIF orientation applied. The one
+    image loader of dsocr (`dsocr run`, the Python API, the C API and calibration all read pages here).
 
-    Raises ImageError for a missing file, undecodable or truncated data, an empty image, or one with
-    more than `max_pixels` pixels (checked from the header, before decoding).
+    frame: which frame of a multi-frame file (TIFF pages, GIF/WebP animation frames), 0-based.
+    Raises ImageError for a missing file, undecodable or truncated data, an empty image, a frame out
+    of range, or one with more than `max_pixels` pixels (checked from the header, before decoding).
     """
     if isinstance(src, Image.Image):
         what, im = "image", src
     elif isinstance(src, (str, os.PathLike, bytes, bytearray, memoryview)):
-        what = "image data" if isinstance(src, (bytes, bytearray, memoryview)) else str(src)
+        what = "image data" if isinstance(src, (bytes, bytearray, memoryview)) else display_path(src)
         im = _open(src, what)
     else:
         raise ImageError(f"cannot read an image from a {type(src).__name__}; pass a path, bytes or a PIL image")
-    _check_size(im.width, im.height, max_pixels, what)
+    opened = None if im is src else im
     try:
+        if frame:
+            _seek(im, frame, what)
+        _check_size(im.width, im.height, max_pixels, what)
         with warnings.catch_warnings():  # our own limit applies; Pillow's bomb warning is noise here
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im.load()
@@ -95,8 +101,30 @@ def load_image(src, max_pixels: int = MAX_PIXELS) -> Image.Image:
             return im.convert("RGB")
     except Image.DecompressionBombError as e:
         raise ImageError(f"{what} is too large to decode safely: {e}") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, NotImplementedError, EOFError) as e:
         raise ImageError(f"{what} could not be decoded ({e})") from None
+    finally:
+        if opened is not None:
+            opened.close()
+
+
+def _seek(im: Image.Image, frame: int, what: str) -> None:
+    n = getattr(im, "n_frames", 1)
+    if not 0 <= frame < n:
+        raise ImageError(f"{what} has {n} frame(s); frame {frame} does not exist")
+    im.seek(frame)
+
+
+def image_frame_count(src) -> int:
+    """Frames (pages) of an image file: TIFF pages, GIF/WebP/APNG animation frames; 1 for the rest."""
+    what = display_path(src) if isinstance(src, (str, os.PathLike)) else "image data"
+    im = _open(src, what)
+    try:
+        return max(1, int(getattr(im, "n_frames", 1)))
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"{what} could not be decoded ({e})") from None
+    finally:
+        im.close()
 
 
 def image_from_rgb(buf, width: int, height: int, stride: int | None = None,
