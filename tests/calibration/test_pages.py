@@ -45,7 +45,9 @@ def test_load_pages_reads_images_pdfs_and_directories(tmp_path):
         doc.new_page(width=200, height=100).insert_text((20, 50), "hello")
     doc.save(tmp_path / "b.pdf")
     pages = load_pages([tmp_path], dpi=72)
-    assert [p.size for p in pages] == [(200, 100), (200, 100), (40, 30)]  # sorted: b.pdf, then sub/a.png
+    assert [p.size for p in pages] == [(200, 100), (200, 100)]  # the one directory rule: sub/ is not searched
+    pages = load_pages([tmp_path, tmp_path / "sub"], dpi=72)
+    assert [p.size for p in pages] == [(200, 100), (200, 100), (40, 30)]
     assert len(load_pages([tmp_path], dpi=72, limit=1)) == 1
     pages, label = calibration_pages([tmp_path / "sub" / "a.png"])
     assert len(pages) == 1 and "a.png" in label
