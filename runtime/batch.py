@@ -254,7 +254,8 @@ def _record_error(out_dir: Path, item: WorkItem, error: BaseException) -> dict[s
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
     try:
-        fd = os.open(out_dir / ERRORS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(out_dir / ERRORS_FILE, flags, 0o666)
         try:
             os.write(fd, line)  # one write per record: lines of concurrent writers never interleave
         finally:

@@ -67,7 +67,8 @@ def clamp_threads(threads: int | None) -> int | None:
               help="Template (document, ocr, free, figure, describe, locate) or a text containing <image>.")
 @click.option("--ref", default=None, help="Referring expression for --prompt locate.")
 @click.option("--max-new-tokens", type=click.IntRange(1, 1 << 20), default=8192, show_default=True)
-@click.option("--ngram-size", type=click.IntRange(0, 1024), default=20, show_default=True, help="No-repeat n-gram size (0: off).")
+@click.option("--ngram-size", type=click.IntRange(0, 1024), default=20, show_default=True,
+              help="No-repeat n-gram size (0: off).")
 @click.option("--ngram-window", type=click.IntRange(1, 1 << 20), default=50, show_default=True)
 @click.option("--dpi", type=FiniteFloatRange(36, 600), default=144, show_default=True, help="PDF rendering resolution.")
 @click.option("--max-pages", type=click.IntRange(1, 1_000_000), default=DEFAULT_MAX_PAGES, show_default=True,

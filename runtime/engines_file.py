@@ -64,7 +64,8 @@ class EnginesRecord:
 
     @classmethod
     def from_dict(cls, m: Any, where: str | Path = ENGINES_NAME) -> "EnginesRecord":
-        if not isinstance(m, dict) or m.get("format") != ENGINES_FORMAT or m.get("format_version") != ENGINES_FORMAT_VERSION:
+        if (not isinstance(m, dict) or m.get("format") != ENGINES_FORMAT
+                or m.get("format_version") != ENGINES_FORMAT_VERSION):
             raise ManifestError(f"{where} is not a {ENGINES_FORMAT} v{ENGINES_FORMAT_VERSION} manifest; "
                                 "rebuild with dsocr-export build (or: python -m dsocr.engines build --bundle BUNDLE)")
         validate(m, ENGINES_SCHEMA, "engines", where)

@@ -126,7 +126,8 @@ ENGINES_SCHEMA: dict[str, Any] = {
                           "build_seconds": {"type": "number"},
                           "onnx": {"type": "object", "required": ["file", "sha256"],
                                    "properties": {"file": _NAME, "sha256": _SHA}},
-                          "profile_names": {"type": "array", "maxItems": 64, "items": {"type": "string", "maxLength": 64}},
+                          "profile_names": {"type": "array", "maxItems": 64,
+                                            "items": {"type": "string", "maxLength": 64}},
                           "profiles": {"type": "array", "minItems": 1, "maxItems": 64, "items": {
                               "type": "object", "maxProperties": 512, "additionalProperties": _BOUNDS}},
                       }}},

@@ -241,7 +241,8 @@ def save_page(result: PageResult, out_dir: str | Path, stem: str, extra: dict[st
     staged: list[tuple[Path, Path]] = []  # (temp, final), renamed in this order
     try:
         for name, crop in result.figures:
-            staged.append((_write_temp(out_dir / result.image_dir, jpeg_bytes(crop)), out_dir / result.image_dir / name))
+            final = out_dir / result.image_dir / name
+            staged.append((_write_temp(final.parent, jpeg_bytes(crop)), final))
         text = json.dumps(record, ensure_ascii=False, indent=2) + "\n"
         staged.append((_write_temp(out_dir, text.encode("utf-8")), out_dir / f"{stem}.json"))
         staged.append((_write_temp(out_dir, result.markdown.encode("utf-8")), out_dir / f"{stem}.md"))

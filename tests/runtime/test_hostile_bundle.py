@@ -70,7 +70,8 @@ def test_the_fake_bundle_itself_is_accepted(tmp_path):
 
 # -- item 1: names that leave the bundle ------------------------------------------------------
 @pytest.mark.parametrize("name, why", [
-    ("../../x/decoder.onnx", r"empty, '\.' or '\.\.' part"), ("/etc/shadow", "absolute path"), ("a\\b.onnx", "backslash"),
+    ("../../x/decoder.onnx", r"empty, '\.' or '\.\.' part"), ("/etc/shadow", "absolute path"),
+    ("a\\b.onnx", "backslash"),
     ("a\x00b", "NUL"), ("./decoder.onnx", r"empty, '\.' or '\.\.' part"), ("", "non-empty|too short"),
 ])
 def test_escaping_graph_file_names_are_refused(tmp_path, name, why):
@@ -155,13 +156,16 @@ def test_external_data_name_across_a_read_chunk_is_found(tmp_path):
     (lambda m: m["kv"].update(max_seq_len=10**9), r"manifest\.kv\.max_seq_len = 1000000000 exceeds 1048576"),
     (lambda m: m["kv"].update(max_seq_len=1 << 20, num_layers=512, num_heads=1024, head_dim=1024),
      "GiB cache"),
-    (lambda m: m["files"]["embed.onnx"].pop("sha256"), r"manifest\.files\.embed\.onnx lacks the required field 'sha256'"),
-    (lambda m: m["files"]["embed.onnx"].update(sha256="zz"), r"manifest\.files\.embed\.onnx\.sha256 = \"zz\" is not valid"),
+    (lambda m: m["files"]["embed.onnx"].pop("sha256"),
+     r"manifest\.files\.embed\.onnx lacks the required field 'sha256'"),
+    (lambda m: m["files"]["embed.onnx"].update(sha256="zz"),
+     r"manifest\.files\.embed\.onnx\.sha256 = \"zz\" is not valid"),
     (lambda m: m["graphs"].pop("decoder"), "lacks the decoder graph"),
     (lambda m: m.update(modes=[]), r"manifest\.modes is empty"),
     (lambda m: m.update(modes=["huge"]), r"manifest\.modes\[0\] = 'huge'"),
     (lambda m: m.update(modes=["base"]), "mode 'base' needs a vision graph for 1024x1024"),
-    (lambda m: m["graphs"]["embed"].update(role="sampler"), r"manifest\.graphs\.embed\.role = \"sampler\" is not one of"),
+    (lambda m: m["graphs"]["embed"].update(role="sampler"),
+     r"manifest\.graphs\.embed\.role = \"sampler\" is not one of"),
     (lambda m: m.update(graphs=[]), r"manifest\.graphs = \[\] must be of type object"),
     (lambda m: m.update(hidden_size="big"), r"manifest\.hidden_size = \"big\" must be of type integer"),
     (lambda m: m.update(surprise=1), "unexpected field.*'surprise'"),
@@ -277,8 +281,8 @@ def test_stage_dirs_and_bundles_follow_the_umask(tmp_path):
 
 # -- engines.json: one typed schema for writer and reader -------------------------------------------
 def _engines(**plan):
-    entry = {"file": "decoder.plan", "sha256": "a" * 64, "bytes": 3, "onnx": {"file": "decoder.onnx", "sha256": "b" * 64},
-             "profiles": [{"x": [[1], [2], [3]]}], **plan}
+    entry = {"file": "decoder.plan", "sha256": "a" * 64, "bytes": 3,
+             "onnx": {"file": "decoder.onnx", "sha256": "b" * 64}, "profiles": [{"x": [[1], [2], [3]]}], **plan}
     return {"format": "dsocr-engines", "format_version": 1, "tensorrt_version": "10.3", "past_pad": 1,
             "gpu": {"name": "g", "compute_capability": "8.7"}, "plans": {"decoder": entry}}
 
