@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError
-from .manifest_schema import ENGINES_SCHEMA, bundle_path, read_json_limited, validate
+from .manifest_schema import ENGINES_SCHEMA, bundle_path, check_name, read_json_limited, validate
 
 ENGINES_DIR = "engines"  # default place of the plans, inside the bundle
 ENGINES_NAME = "engines.json"
@@ -74,7 +74,7 @@ class EnginesRecord:
                                 profile_names=list(p.get("profile_names", [])), build_seconds=p.get("build_seconds"))
                  for key, p in m["plans"].items()}
         for key, p in plans.items():
-            bundle_path(".", p.file, f"engines.plans.{key}.file")  # the name check only; resolved later
+            check_name(p.file, f"engines.plans.{key}.file")  # resolved inside the engines dir by plan_path
         return cls(tensorrt_version=m["tensorrt_version"], gpu_name=m["gpu"]["name"],
                    compute_capability=m["gpu"]["compute_capability"], plans=plans, past_pad=m.get("past_pad", 1),
                    bundle=dict(m.get("bundle", {})), dsocr_version=m.get("dsocr_version", ""))

@@ -311,3 +311,11 @@ def test_engines_record_refuses_bad_plans(plan, match):
 
     with pytest.raises(ManifestError, match=match):
         EnginesRecord.from_dict(_engines(**plan))
+
+
+def test_a_built_bundle_follows_the_umask(demo_bundle):
+    from dsocr.runtime.manifest import current_umask
+
+    want = 0o777 & ~current_umask()  # the fixture was built by this process, under this umask
+    assert demo_bundle.stat().st_mode & 0o777 == want
+    assert (demo_bundle / MANIFEST_NAME).stat().st_mode & 0o777 == want & 0o666
