@@ -1,4 +1,4 @@
-"""Shared fixtures: the repository root and the golden fixture directory (skipped when absent)."""
+"""Shared fixtures: the repository root, the vendored golden fixtures (never skipped) and a demo bundle."""
 from pathlib import Path
 
 import pytest
