@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -57,19 +58,21 @@ def wheel(repo_root, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def export_venv(wheel, tmp_path_factory) -> Path:
+def export_venv(wheel, tmp_path_factory):
     root = tmp_path_factory.mktemp("venv-export")
-    return make_venv(root / "venv", TORCH, f"{wheel}[export]", cwd=root)
+    yield make_venv(root / "venv", TORCH, f"{wheel}[export]", cwd=root)
+    shutil.rmtree(root, ignore_errors=True)  # ~1.5 GB: pytest would keep it with the last 3 runs
 
 
 @pytest.fixture(scope="module")
-def ort_venv(wheel, tmp_path_factory) -> Path:
+def ort_venv(wheel, tmp_path_factory):
     root = tmp_path_factory.mktemp("venv-ort")
-    return make_venv(root / "venv", f"{wheel}[ort]", cwd=root)
+    yield make_venv(root / "venv", f"{wheel}[ort]", cwd=root)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def bundles(export_venv, tmp_path_factory) -> dict[str, Path]:
+def bundles(export_venv, tmp_path_factory):
     """Every precision built with `dsocr-export build` in the export venv: {precision: bundle dir}."""
     work = tmp_path_factory.mktemp("bundles")
     fp32 = work / "small"
@@ -86,7 +89,8 @@ def bundles(export_venv, tmp_path_factory) -> dict[str, Path]:
         manifest = json.loads((path / "manifest.json").read_text())
         size = sum(e["bytes"] for e in manifest["files"].values())
         print(f"{p:12s} {size / 2**20:7.1f} MiB  {path}")
-    return out
+    yield out
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def test_every_module_imports_in_the_export_venv(export_venv, tmp_path):
