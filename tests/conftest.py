@@ -1,4 +1,4 @@
-"""Shared fixtures: the repository root and the golden fixture directory (skipped when absent)."""
+"""Shared fixtures: the repository root, the vendored golden fixtures (never skipped) and a demo bundle."""
 from pathlib import Path
 
 import pytest
@@ -39,7 +39,6 @@ def reference_dir() -> Path:
 @pytest.fixture(scope="session")
 def demo_bundle(tmp_path_factory) -> Path:
     """A Small-mode fp32 bundle of the built-in demo checkpoint, built once per test session."""
-    pytest.importorskip("torch")
     from dsocr.export.bundle import DEMO_SOURCE, BuildOptions, build_bundle
     from dsocr.export.demo import write_demo_checkpoint
 

@@ -1,7 +1,5 @@
 """Every graph of the demo bundle stays inside TensorRT 10.3 / 11.x ONNX parser support."""
-import pytest
 
-pytest.importorskip("onnx")
 
 from dsocr.engines.parser_support import check_bundle, errors  # noqa: E402
 

@@ -10,8 +10,6 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
 
 import trt_sim  # noqa: E402
 
