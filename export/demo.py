@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from dsocr.runtime.tokenizer import build_demo_tokenizer
+from dsocr.export.demo_tokenizer import build_demo_tokenizer
 
 from .model.ocr import DeepseekOCR
 from .weights import OPTIONAL_KEYS, write_rule_checkpoint
@@ -54,7 +54,7 @@ DEMO_CONFIG = {
 
 def state_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     """Every checkpoint key of the official layout for `config`, with its shape (no weights made)."""
-    from dsocr.runtime.config import ModelConfig
+    from dsocr.export.config import ModelConfig
 
     with torch.device("meta"):
         model = DeepseekOCR(ModelConfig.from_dict(config))

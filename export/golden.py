@@ -89,7 +89,7 @@ def _check_decode(backend: Backend, prompt: np.ndarray, gold: dict, mode_name: s
 
 def fixture_checkpoint(fixture_dir: Path, out_dir: Path) -> Path:
     """Rebuild the fixture's checkpoint (rule weights for every key of keys.txt) plus a demo tokenizer."""
-    from dsocr.runtime.tokenizer import build_demo_tokenizer
+    from dsocr.export.demo_tokenizer import build_demo_tokenizer
 
     from .weights import read_keys_txt, write_rule_checkpoint
 
