@@ -85,8 +85,10 @@ def _build_fp32(modes, checkpoint, out, max_seq_len, force, quiet, engines) -> N
         if checkpoint is None:
             from .demo import write_demo_checkpoint
 
-            click.echo("no --checkpoint: using the built-in demo checkpoint (reduced sizes; its text is meaningless)")
-            checkpoint, source = write_demo_checkpoint(Path(tmp) / "demo"), DEMO_SOURCE
+            generation = _generation(modes)
+            click.echo(f"no --checkpoint: using the built-in {generation} demo checkpoint "
+                       "(reduced sizes; its text is meaningless)")
+            checkpoint, source = write_demo_checkpoint(Path(tmp) / "demo", generation=generation), DEMO_SOURCE
         else:
             source = None
         manifest = build_bundle(checkpoint, out, opts, source=source)
@@ -101,6 +103,17 @@ def _build_fp32(modes, checkpoint, out, max_seq_len, force, quiet, engines) -> N
 
     result = build_engines(out)
     click.echo(f"built TensorRT engines into {out / 'engines'}: {', '.join(result.get('plans', {})) or 'none'}")
+
+
+def _generation(modes) -> str:
+    """The one model generation of `modes` (a bundle is built for one; OCR-1 and OCR-2 do not mix)."""
+    from dsocr.runtime.modes import get_mode
+
+    gens = sorted({get_mode(m).generation for m in modes})
+    if len(gens) > 1:
+        raise click.ClickException(f"modes {', '.join(modes)} mix model generations ({', '.join(gens)}); "
+                                   "build an OCR-1 bundle and an OCR-2 bundle separately")
+    return gens[0]
 
 
 def _build_variants(fp32_dir, variants, calib, calib_pages, method, cache, force, quiet, engines) -> None:
