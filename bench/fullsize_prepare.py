@@ -93,8 +93,8 @@ def make_checkpoint(out: Path, layers: int | None) -> None:
     import torch
 
     from dsocr.export.demo import state_shapes
-    from dsocr.export.weights import write_rule_checkpoint
     from dsocr.export.demo_tokenizer import build_demo_tokenizer
+    from dsocr.export.weights import write_rule_checkpoint
 
     config = real_config(layers)
     write_rule_checkpoint(out, _Progress(state_shapes(config)), config, dtype=torch.bfloat16, shard_bytes=SHARD_BYTES)

@@ -87,3 +87,10 @@ def test_build_then_run_offline(tmp_path, sample_page, monkeypatch):
     assert md.strip()
     r = CliRunner().invoke(run_main, ["run", "--model", "bundles/ocr2", "--mode", "base", str(sample_page), "-o", "o2"])
     assert r.exit_code != 0 and "DeepSeek-OCR-2" in r.output
+
+
+def test_verify_an_ocr2_bundle(ocr2_demo_bundle):
+    from dsocr.export.verify import verify_bundle
+
+    diffs = verify_bundle(ocr2_demo_bundle, steps=2)
+    assert [d.mode for d in diffs] == ["ocr2"] * 3 and all(d.ok for d in diffs), diffs
