@@ -80,6 +80,7 @@ class Manifest:
     layout_file: str  # npz with image_newline [D], view_separator [D]
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"sha256", "bytes"}
     source: dict[str, Any] = field(default_factory=dict)  # checkpoint info, export settings
+    generation: str = "ocr1"  # model generation: "ocr1" (DeepSeek-OCR) or "ocr2" (DeepSeek-OCR-2)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     dsocr_version: str = __version__
@@ -267,21 +268,24 @@ def bundle_file(bundle_dir: str | Path, manifest: Manifest, name: str, field: st
     return bundle_path(bundle_dir, name, field)
 
 
-def read_layout(bundle_dir: str | Path, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
-    """layout.npz -> (image_newline [D], view_separator [D]) float32, every failure a ManifestError."""
+def read_layout(bundle_dir: str | Path, manifest: Manifest) -> tuple[np.ndarray | None, np.ndarray]:
+    """layout.npz -> (image_newline [D] or None for OCR-2, view_separator [D]) float32; every failure a
+    ManifestError. An OCR-1 bundle needs both vectors, an OCR-2 bundle the separator only."""
     path = bundle_file(bundle_dir, manifest, manifest.layout_file, "manifest.layout_file")
+    names = ("view_separator",) if manifest.generation == "ocr2" else ("image_newline", "view_separator")
     try:
         with np.load(path, allow_pickle=False) as lay:
-            vectors = tuple(np.asarray(lay[k]) for k in ("image_newline", "view_separator"))
+            vectors = {k: np.asarray(lay[k]) for k in names}
     except KeyError as e:
         raise ManifestError(f"{manifest.layout_file} lacks the array {e}") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ManifestError(f"{manifest.layout_file} is not a readable .npz ({type(e).__name__}: {e})") from None
-    for k, v in zip(("image_newline", "view_separator"), vectors):
+    for k, v in vectors.items():
         if v.shape != (manifest.hidden_size,) or v.dtype.kind != "f":
             raise ManifestError(f"{manifest.layout_file}: {k} has shape {v.shape} and dtype {v.dtype}; "
                                 f"expected [{manifest.hidden_size}] floats")
-    return vectors[0].astype(np.float32), vectors[1].astype(np.float32)
+    newline = vectors["image_newline"].astype(np.float32) if "image_newline" in vectors else None
+    return newline, vectors["view_separator"].astype(np.float32)
 
 
 def current_umask() -> int:

@@ -1,7 +1,8 @@
 """Page image -> normalised encoder inputs, exactly as the official code (ARCHITECTURE §3.2, §4).
 
-Letters: S = global view side (mode.base_size), T = tile side (mode.image_size, 640 in Gundam),
-n = number of tiles = w * h (w tile columns, h tile rows). Arrays are float32, channels first.
+Letters: S = global view side (mode.base_size), T = tile side (mode.image_size: 640 in Gundam, 768 in
+OCR-2), n = number of tiles = w * h (w tile columns, h tile rows). Arrays are float32, channels first.
+Both generations share these steps; the mode's data picks the sizes and the tile range.
 Resizing is done by Pillow itself (BICUBIC, 8-bit intermediate): a numpy resize is not pixel-identical.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Views:
     """Encoder inputs of one page."""
 
     global_view: np.ndarray  # [1, 3, S, S] float32
-    tiles: np.ndarray  # [n, 3, T, T] float32; [0, 3, 640, 640] without tiles
+    tiles: np.ndarray  # [n, 3, T, T] float32; [0, 3, T, T] without tiles (T = 640 in non-crop modes)
     crop: tuple[int, int]  # (w tiles, h tiles); (1, 1) without tiles
 
     @property
@@ -222,13 +223,16 @@ def global_view(image: Image.Image, mode: Mode) -> Image.Image:
     return image.resize((s, s), Image.Resampling.BICUBIC)
 
 
-def preprocess(image, mode: Mode | str, max_tiles: int = MAX_TILES, min_tiles: int = MIN_TILES) -> Views:
+def preprocess(image, mode: Mode | str, max_tiles: int | None = None, min_tiles: int | None = None) -> Views:
     """A page (PIL image, or anything load_image reads) -> the encoder inputs for `mode`.
 
-    A PIL image is used as given (converted to RGB if needed); pass it through load_image first
-    to get the official EXIF handling.
+    max_tiles / min_tiles default to the mode's (OCR-1 Gundam 2..9, OCR-2 2..6). Tiles only when the page
+    exceeds the tile side on a side. A PIL image is used as given (converted to RGB if needed); pass it
+    through load_image first to get the official EXIF handling.
     """
     mode = get_mode(mode) if isinstance(mode, str) else mode
+    max_tiles = mode.max_tiles if max_tiles is None else max_tiles
+    min_tiles = mode.min_tiles if min_tiles is None else min_tiles
     _check_tiles(min_tiles, max_tiles)
     if isinstance(image, Image.Image):
         _check_size(image.width, image.height, math.inf, "image")  # the pixel cap is load_image's job
@@ -239,7 +243,8 @@ def preprocess(image, mode: Mode | str, max_tiles: int = MAX_TILES, min_tiles: i
     t = mode.image_size
     grid = find_tile_grid(image.width, image.height, min_tiles, max_tiles, t) if mode.crop else (1, 1)
     if grid == (1, 1):
-        tiles = np.zeros((0, 3, TILE, TILE), np.float32)
+        side = t if mode.crop else TILE
+        tiles = np.zeros((0, 3, side, side), np.float32)
     else:
         tiles = np.stack([to_chw(p) for p in cut_tiles(image, grid, t)])  # [n, 3, T, T]
     return Views(global_view=glob, tiles=tiles, crop=grid)

@@ -20,3 +20,9 @@ def test_check_command(demo_bundle):
     assert "decoder: 0 error(s)" in result.output
     for name in ("check", "build"):
         assert CliRunner().invoke(main, [name, "--help"]).exit_code == 0
+
+
+def test_ocr2_demo_bundle_passes_parser_support(ocr2_demo_bundle):
+    results = check_bundle(ocr2_demo_bundle)
+    assert {"embed", "decoder", "vision_768", "vision_1024"} <= set(results)
+    assert {k: [str(i) for i in errors(v)] for k, v in results.items() if errors(v)} == {}
