@@ -128,10 +128,13 @@ def _as_page_result(result: Any, image: Image.Image) -> PageResult:
     raise TypeError(f"ocr_fn returned {type(result).__name__}; expected a PageResult or the raw model text")
 
 
-def _process(item: WorkItem, ocr_fn: Callable[[Image.Image], Any], out_dir: Path, dpi: float) -> None:
+def _process(item: WorkItem, ocr_fn: Callable[[Image.Image], Any], out_dir: Path, dpi: float,
+             on_page: PageHook | None = None) -> None:
     image = load_page(item, dpi)
     result = _as_page_result(ocr_fn(image), image).with_figure_prefix(f"{item.stem}_")
     save_page(result, out_dir, item.stem, extra={"source": str(item.source), "page": item.page})
+    if on_page is not None:
+        on_page(item, image, result)
 
 
 def _record_error(out_dir: Path, item: WorkItem, error: Exception) -> dict[str, Any]:
@@ -143,11 +146,15 @@ def _record_error(out_dir: Path, item: WorkItem, error: Exception) -> dict[str, 
     return record
 
 
+PageHook = Callable[[WorkItem, Image.Image, PageResult], None]  # called after a page's files are written
+
+
 def run_batch(items: Iterable[WorkItem], ocr_fn: Callable[[Image.Image], Any], out_dir: str | Path,
-              progress: bool = True, dpi: float = DEFAULT_DPI) -> BatchSummary:
+              progress: bool = True, dpi: float = DEFAULT_DPI, on_page: PageHook | None = None) -> BatchSummary:
     """OCR every item not yet done (no `<stem>.md`) and write its files; a failing page is recorded in
     errors.jsonl and the batch goes on. `ocr_fn(page) -> PageResult` (or raw model text, which is
-    post-processed here). KeyboardInterrupt stops the batch; run it again to resume."""
+    post-processed here). `on_page(item, page, result)` runs after a page is saved (e.g. layout images);
+    its failure is recorded like a page's (the page's files stay). KeyboardInterrupt stops the batch; run it again to resume."""
     items = _unique(items)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +167,7 @@ def run_batch(items: Iterable[WorkItem], ocr_fn: Callable[[Image.Image], Any], o
                 summary.skipped += 1
             else:
                 try:
-                    _process(item, ocr_fn, out_dir, dpi)
+                    _process(item, ocr_fn, out_dir, dpi, on_page)
                     summary.done += 1
                 except Exception as e:  # one bad page must not stop the batch
                     summary.failed += 1

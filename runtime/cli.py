@@ -30,9 +30,15 @@ def main() -> None:
 @click.option("--prompt", default="document", show_default=True,
               help="Template (document, ocr, free, figure, describe, locate) or a text containing <image>.")
 @click.option("--ref", default=None, help="Referring expression for --prompt locate.")
-@click.option("--max-new-tokens", type=click.IntRange(1, None), default=8192, show_default=True)
-@click.option("--ngram-size", type=click.IntRange(0, None), default=20, show_default=True, help="No-repeat n-gram size (0: off).")
-@click.option("--ngram-window", type=click.IntRange(1, None), default=50, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, None), default=None,
+              help="Most ids generated per page (default: the bundle's; 8192 for a real checkpoint, 256 for the demo).")
+@click.option("--ngram-size", type=click.IntRange(0, None), default=None,
+              help="No-repeat n-gram size (0: off; default: the bundle's, 20).")
+@click.option("--ngram-window", type=click.IntRange(1, None), default=None, help="N-gram ban window (default: the bundle's, 50).")
+@click.option("--looped", type=click.Choice(["keep", "drop"]), default="keep", show_default=True,
+              help="Pages the loop guard stopped: keep them, or drop their text (their JSON says looped and dropped; "
+                   "a PDF's document leaves them out).")
+@click.option("--layouts", is_flag=True, help="Also write layouts/<page>.jpg: the page with its boxes and labels drawn.")
 @click.option("--dpi", type=click.FloatRange(36, 600), default=144, show_default=True, help="PDF rendering resolution.")
 @click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
@@ -41,21 +47,49 @@ def main() -> None:
 @click.option("--stream", is_flag=True, help="Print the model's text as it is generated.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @library_errors
-def run(inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngram_window, dpi, backend, device,
-        threads, stream, quiet) -> None:
-    """OCR INPUTS (images, PDFs, directories) into OUT, one result per page, written atomically."""
+def run(inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngram_window, looped, layouts, dpi,
+        backend, device, threads, stream, quiet) -> None:
+    """OCR INPUTS (images, PDFs, directories) into OUT, one result per page, written atomically.
+
+    A PDF also gets OUT/<name>.md, its pages joined by the official page-split marker, once all its
+    pages are done."""
     from .batch import iter_inputs, run_batch
-    from .decoding import GenerationOptions
+    from .documents import apply_looped, check_names, write_documents
     from .pipeline import Pipeline, RunOptions
 
-    gen = GenerationOptions(max_new_tokens=max_new_tokens, ngram_size=ngram_size, ngram_window=ngram_window)
-    options = RunOptions(mode=mode, prompt=prompt, ref=ref, generation=gen)
+    items = list(iter_inputs(inputs))
+    check_names(items)
     pipe = Pipeline(bundle, backend=backend, device=device, threads=threads)
+    gen = pipe.generation_options(max_new_tokens=max_new_tokens, ngram_size=ngram_size, ngram_window=ngram_window)
+    options = RunOptions(mode=mode, prompt=prompt, ref=ref, generation=gen)
     pipe.mode(options.mode)  # a wrong mode fails before any page is read
+    if pipe.is_demo:
+        click.echo(f"{bundle} is a demo bundle (the built-in demo checkpoint): its text is meaningless; "
+                   f"build one from deepseek-ai/DeepSeek-OCR for real OCR. {gen.max_new_tokens} new tokens a page.",
+                   err=True)
     on_text = (lambda s: (sys.stdout.write(s), sys.stdout.flush())) if stream else None
-    summary = run_batch(iter_inputs(inputs), lambda page: pipe.ocr(page, options, on_text=on_text), out,
-                        progress=not quiet, dpi=dpi)
+    looped_pages = []
+
+    def ocr(page):
+        result = pipe.ocr(page, options, on_text=on_text)
+        looped_pages.extend([result] if result.looped else [])
+        return apply_looped(result, looped)
+
+    writer = None
+    if layouts:
+        from .layouts import LayoutWriter
+
+        writer = LayoutWriter(out, dpi)
+    summary = run_batch(items, ocr, out, progress=not quiet, dpi=dpi, on_page=writer)
+    if writer is not None:
+        writer.catch_up(items)
+    docs, waiting = write_documents(items, out)
     click.echo(f"{summary.done} page(s) done, {summary.skipped} already done, {summary.failed} failed -> {out}")
+    if looped_pages:
+        click.echo(f"{len(looped_pages)} page(s) stopped by the loop guard ({'dropped' if looped == 'drop' else 'kept'})",
+                   err=True)
+    if docs or waiting:
+        click.echo(f"{len(docs)} document(s) written" + (f", {len(waiting)} waiting for failed pages" if waiting else ""))
     if summary.failed:
         click.echo(f"see {out / 'errors.jsonl'}", err=True)
         click.get_current_context().exit(1)
