@@ -67,3 +67,14 @@ def test_build_command_with_demo_and_bad_mode(tmp_path):
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["modes"] == ["tiny"]
     r = CliRunner().invoke(main, ["build", "--mode", "huge"])
     assert r.exit_code == 2 and "huge" in r.output
+
+
+def test_generation_defaults_demo_and_real_checkpoints():
+    from dsocr.export.bundle import DEMO_SOURCE, BuildOptions, generation_defaults
+    from dsocr.runtime.errors import InputError
+
+    assert generation_defaults(BuildOptions(), DEMO_SOURCE) == {"max_new_tokens": 256}
+    assert generation_defaults(BuildOptions(), None) == {"max_new_tokens": 8192}
+    assert generation_defaults(BuildOptions(generation_defaults={"max_new_tokens": 77}), None) == {"max_new_tokens": 77}
+    with pytest.raises(InputError, match="max_tokens"):
+        BuildOptions(generation_defaults={"max_tokens": 5})

@@ -142,3 +142,56 @@ def test_kv_cache_is_written_in_place(pipe, sample_page):
     pipe.generate(sample_page, FAST)
     assert [id(k) for k in cache.key] == before  # same buffers: allocated once
     assert cache.length > 0 and np.abs(cache.key[0][0, : cache.length]).sum() > 0
+
+
+# -- generation defaults (the bundle's, from its manifest) ---------------------------------------------
+def test_demo_bundle_defaults_serve_the_cli_and_it_says_the_text_is_meaningless(demo_bundle, sample_page, tmp_path):
+    manifest = read_manifest(demo_bundle)
+    assert manifest.generation_defaults == {"max_new_tokens": 256} and manifest.source["demo"] is True
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["run", "--model", str(demo_bundle), str(sample_page), "-o", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((out / "sample_page.json").read_text())
+    assert meta["n_generated"] <= 256 and meta["stop_reason"] in ("eos", "loop", "max_tokens")
+    assert r.stderr.count("its text is meaningless") == 1
+
+
+def bundle_with_defaults(demo_bundle, tmp_path, defaults):
+    """The demo bundle's files (linked) with a manifest whose generation_defaults are `defaults`."""
+    d = tmp_path / "b"
+    d.mkdir()
+    for f in demo_bundle.iterdir():
+        if f.name != "manifest.json":
+            (d / f.name).symlink_to(f)
+    raw = json.loads((demo_bundle / "manifest.json").read_text())
+    raw["generation_defaults"] = defaults
+    if defaults is None:
+        del raw["generation_defaults"]
+    (d / "manifest.json").write_text(json.dumps(raw))
+    return d
+
+
+def test_pipeline_uses_the_bundles_defaults_unless_options_are_given(demo_bundle, sample_page, tmp_path):
+    pipe = Pipeline(bundle_with_defaults(demo_bundle, tmp_path, {"max_new_tokens": 9, "loop_detection": False}))
+    _, result = pipe.generate(_page(sample_page))
+    assert len(result.ids) <= 9 and (result.stop_reason == "max_tokens") == (len(result.ids) == 9)
+    _, result = pipe.generate(_page(sample_page), RunOptions(generation=GenerationOptions(max_new_tokens=4)))
+    assert len(result.ids) <= 4
+    gen = pipe.generation_options(max_new_tokens=None, ngram_size=3)
+    assert (gen.max_new_tokens, gen.ngram_size, gen.loop_detection) == (9, 3, False)
+
+
+def test_bad_generation_defaults_are_a_manifest_error(demo_bundle, tmp_path):
+    with pytest.raises(ManifestError, match="max_tokens"):
+        Pipeline(bundle_with_defaults(demo_bundle, tmp_path, {"max_tokens": 9}))
+
+
+def test_a_manifest_without_defaults_gets_the_official_ones(demo_bundle, tmp_path):
+    pipe = Pipeline(bundle_with_defaults(demo_bundle, tmp_path, None))
+    assert pipe.generation_options().max_new_tokens == 8192 and pipe.is_demo
+
+
+def _page(path):
+    from dsocr.runtime.preprocess import load_image
+
+    return load_image(path)
