@@ -1,5 +1,6 @@
-"""check-golden: reproduce a golden fixture (official outputs of a reduced model) with dsocr's own
-preprocessing, layout, runner and decode loop, on the PyTorch model or on the exported ONNX graphs.
+"""check-golden: reproduce a golden fixture (official outputs of a reduced model) through dsocr's
+Pipeline (preprocessing, vision, layout, prompt, runner), on the PyTorch model or on the exported ONNX
+graphs opened as `dsocr run` opens a bundle.
 
 Fixture format: see shared/fixtures/README.md (config.json, keys.txt, page.png, golden.npz).
 """
@@ -13,12 +14,11 @@ from typing import Callable
 
 import numpy as np
 
-from dsocr.runtime.backends.base import Backend
 from dsocr.runtime.errors import InputError
-from dsocr.runtime.layout import assemble_prompt, layout_image_embeds, scatter_image_embeds
-from dsocr.runtime.modes import MODE_NAMES, get_mode
-from dsocr.runtime.preprocess import load_image, preprocess
-from dsocr.runtime.runner import BundleRunner
+from dsocr.runtime.modes import MODE_NAMES
+from dsocr.runtime.pipeline import Pipeline, RunOptions
+from dsocr.runtime.preprocess import load_image
+from dsocr.runtime.tokenizer import Tokenizer
 
 PIXEL_TOL = 1e-5  # abs, pixels sampled every 8th
 REL_TOL = 1e-4  # x max|ref|, embeddings and logits
@@ -49,36 +49,34 @@ def _ids_row(mode, name, got, ref) -> Row:
     return Row(mode, name, float(bad), 0.0, bad == 0)
 
 
-def check_mode(backend: Backend, layout: tuple[np.ndarray, np.ndarray], page, gold: dict, mode_name: str) -> list[Row]:
-    mode, g = get_mode(mode_name), (lambda k: gold[f"{mode_name}.{k}"])
-    rows = []
-    views = preprocess(page, mode)
-    rows.append(_float_row(mode_name, "global_view", views.global_view[:, :, ::8, ::8], g("global_view"), rel=False))
+def check_mode(pipe: Pipeline, page, gold: dict, mode_name: str) -> list[Row]:
+    """One mode of the fixture through `pipe` (the Pipeline users run): views, image embeddings,
+    prompt ids (the fixture's text ids given as ids: its tokenizer is a stand-in), prefill and steps."""
+    g = lambda k: gold[f"{mode_name}.{k}"]  # noqa: E731
+    ref_ids, ref_mask = g("input_ids"), g("images_seq_mask")
+    img_pos = np.flatnonzero(ref_mask)
+    before, after = ref_ids[1 : img_pos[0]].tolist(), ref_ids[img_pos[-1] + 1 :].tolist()  # text part of the prompt
+    prep = pipe.prepare(page, RunOptions(mode=mode_name, prompt_ids=(before, after)))
+    views = prep.views
+    rows = [_float_row(mode_name, "global_view", views.global_view[:, :, ::8, ::8], g("global_view"), rel=False)]
     if f"{mode_name}.local_views" in gold:
         rows.append(_float_row(mode_name, "local_views", views.tiles[:, :, ::8, ::8], g("local_views"), rel=False))
     rows.append(_ids_row(mode_name, "images_spatial_crop", np.array([views.crop]), g("images_spatial_crop")))
-    global_feats = backend.vision(views.global_view)[0]
-    tile_feats = backend.vision(views.tiles) if len(views.tiles) else None
-    embeds = layout_image_embeds(global_feats, tile_feats, views.crop, *layout)
-    rows.append(_float_row(mode_name, "image_embeds", embeds, g("image_embeds")))
-    ref_ids, ref_mask = g("input_ids"), g("images_seq_mask")
-    img_pos = np.flatnonzero(ref_mask)
-    image_id = int(ref_ids[img_pos[0]])
-    before, after = ref_ids[1 : img_pos[0]].tolist(), ref_ids[img_pos[-1] + 1 :].tolist()  # text part of the prompt
-    ids, mask = assemble_prompt(before, after, mode.n_image_tokens(*views.crop), image_id, int(ref_ids[0]))
-    rows += [_ids_row(mode_name, "input_ids", ids, ref_ids), _ids_row(mode_name, "images_seq_mask", mask, ref_mask)]
-    prompt = scatter_image_embeds(backend.embed(ids[None])[0], mask, embeds)
-    rows += _check_decode(backend, prompt, gold, mode_name)
+    rows.append(_float_row(mode_name, "image_embeds", prep.image_embeds, g("image_embeds")))
+    rows += [_ids_row(mode_name, "input_ids", prep.input_ids, ref_ids),
+             _ids_row(mode_name, "images_seq_mask", prep.images_seq_mask, ref_mask)]
+    rows += _check_decode(pipe, prep.embeds, gold, mode_name)
     return rows
 
 
-def _check_decode(backend: Backend, prompt: np.ndarray, gold: dict, mode_name: str) -> list[Row]:
+def _check_decode(pipe: Pipeline, prompt: np.ndarray, gold: dict, mode_name: str) -> list[Row]:
     ref_steps = gold[f"{mode_name}.step_logits"]
-    runner = BundleRunner(backend, max_seq_len=len(prompt) + len(ref_steps) + 1)
+    runner = pipe.runner
+    runner.reset()
     logits = runner.prefill(prompt).copy()
     rows = [_float_row(mode_name, "prefill_last_logits", logits, gold[f"{mode_name}.prefill_last_logits"])]
     ids, steps = [], []
-    for _ in range(len(ref_steps)):  # greedy, no repetition filter (as the fixture)
+    for _ in range(len(ref_steps)):  # greedy, no repetition filter and no stop (as the fixture)
         ids.append(int(np.argmax(logits)))
         logits = runner.step(ids[-1]).copy()
         steps.append(logits)
@@ -100,25 +98,21 @@ def fixture_checkpoint(fixture_dir: Path, out_dir: Path) -> Path:
     return ckpt
 
 
-def make_backend(kind: str, ckpt: Path, work: Path, modes: tuple[str, ...]) -> tuple[Backend, tuple]:
-    """(backend, (image_newline, view_separator)) for 'torch' or 'onnx'."""
+def make_pipeline(kind: str, ckpt: Path, work: Path, modes: tuple[str, ...]) -> Pipeline:
+    """The fixture's checkpoint as a Pipeline: 'torch' composes one over dsocr's PyTorch model,
+    'onnx' exports a bundle and opens it as `dsocr run` does."""
     if kind == "torch":
         from .model.ocr import DeepseekOCR
         from .torch_backend import TorchBackend
 
         backend = TorchBackend(DeepseekOCR.from_pretrained(ckpt))
-        return backend, backend.layout_vectors()
+        return Pipeline.compose(backend, Tokenizer.from_file(ckpt / "tokenizer.json"), backend.layout_vectors())
     if kind == "onnx":
-        from dsocr.runtime.backends.ort import OrtBackend
-        from dsocr.runtime.manifest import read_manifest
-
         from .bundle import BuildOptions, build_bundle
 
         bundle = work / "bundle"
         build_bundle(ckpt, bundle, BuildOptions(modes=modes, progress=False))
-        manifest = read_manifest(bundle)
-        lay = np.load(bundle / manifest.layout_file)
-        return OrtBackend(bundle, manifest), (lay["image_newline"], lay["view_separator"])
+        return Pipeline(bundle)
     raise InputError(f"unknown backend {kind!r}; choose torch or onnx")
 
 
@@ -133,11 +127,11 @@ def run_golden(fixture_dir: str | Path, backend: str = "torch", modes: tuple[str
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="dsocr-golden-") as tmp:
         ckpt = fixture_checkpoint(fixture, Path(tmp) / "ckpt")
-        be, layout = make_backend(backend, ckpt, Path(tmp), tuple(modes))
+        pipe = make_pipeline(backend, ckpt, Path(tmp), tuple(modes))
         for m in modes:
             if on_mode:
                 on_mode(m)
-            rows += check_mode(be, layout, page, gold, m)
+            rows += check_mode(pipe, page, gold, m)
     return rows
 
 
