@@ -160,8 +160,8 @@ class LoopDetector:
     `decode`; without one, each id is written as a decimal word) and compressed with zlib; a ratio
     (UTF-8 bytes / compressed bytes) above `ratio` is a loop. Near-repetition, which the n-gram ban
     keeps from ever being exactly periodic, compresses as well as an exact cycle. Measured with the
-    demo tokenizer: real markdown, code, number tables and tables of contents stay below 4 over
-    512 ids; the demo model's output sits above 8 (bench/loop_ratio.py prints the table).
+    demo tokenizer over 512 ids: real markdown, code, number tables and tables of contents stay
+    at or below 3.5; the demo model's output above 11 (bench/loop_ratio.py prints the table).
     """
 
     def __init__(self, window: int = 512, ratio: float = 5.0, min_tokens: int = 128, every: int = 16,
