@@ -22,7 +22,6 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dsocr.runtime.decoding import GenerationOptions, StopReason
-from dsocr.runtime.layout import scatter_image_embeds
 from dsocr.runtime.pipeline import Pipeline, RunOptions
 
 from .sensitivity import cosine
@@ -80,11 +79,6 @@ def _teacher_forced(pipe: Pipeline, embeds: np.ndarray, ids: Sequence[int]) -> n
     return np.stack(out)
 
 
-def _prompt(pipe: Pipeline, image_embeds: np.ndarray, options: RunOptions) -> np.ndarray:
-    ids, mask = pipe.prompt_ids(options, len(image_embeds))
-    return scatter_image_embeds(pipe.backend.embed(ids[None])[0], mask, image_embeds)
-
-
 @dataclass(frozen=True)
 class PageResult:
     page: int
@@ -115,8 +109,8 @@ def compare_page(ref: Pipeline, got: Pipeline, page, index: int, options: RunOpt
     ref_logits = np.stack(rec.logits)[: len(result.ids)]  # [L, V]
     ref_img, _ = ref.image_embeddings(page, mode, options.max_tiles)
     got_img, _ = got.image_embeddings(page, mode, options.max_tiles)
-    got_logits = _teacher_forced(got, _prompt(got, got_img, options), result.ids)
-    vis_logits = _teacher_forced(ref, _prompt(ref, got_img, options), result.ids)
+    got_logits = _teacher_forced(got, got.prompt_embeds(got_img, options), result.ids)
+    vis_logits = _teacher_forced(ref, ref.prompt_embeds(got_img, options), result.ids)
     got_text, got_result = got.generate(page, options)
     top = np.argmax(ref_logits, -1)
     top2 = np.sort(ref_logits, -1)[:, -2:]

@@ -215,8 +215,15 @@ class Pipeline:
         views = preprocess(image, mode, max_tiles=options.max_tiles)
         embeds = self.encode(views)
         ids, mask = self.prompt_ids(options, len(embeds))
-        prompt = scatter_image_embeds(self.backend.embed(ids[None])[0], mask, embeds)
-        return Prepared(views, embeds, ids, mask, prompt)
+        return Prepared(views, embeds, ids, mask, self._scatter(ids, mask, embeds))
+
+    def prompt_embeds(self, image_embeds: np.ndarray, options: RunOptions = RunOptions()) -> np.ndarray:
+        """Image embeddings [N, D] (of this or another backend) -> the prompt's embeddings [T, D]."""
+        ids, mask = self.prompt_ids(options, len(image_embeds))
+        return self._scatter(ids, mask, image_embeds)
+
+    def _scatter(self, ids: np.ndarray, mask: np.ndarray, image_embeds: np.ndarray) -> np.ndarray:
+        return scatter_image_embeds(self.backend.embed(ids[None])[0], mask, image_embeds)
 
     def generate(self, image, options: RunOptions = RunOptions(),
                  on_text: Callable[[str], None] | None = None) -> tuple[str, GenerationResult]:

@@ -195,3 +195,50 @@ def _page(path):
     from dsocr.runtime.preprocess import load_image
 
     return load_image(path)
+
+
+# -- composition and explicit prompt ids ---------------------------------------------------------------
+def test_compose_with_explicit_prompt_ids_builds_the_same_prompt(pipe, sample_page):
+    page = _page(sample_page)
+    composed = Pipeline.compose(pipe.backend, pipe.tokenizer, pipe.layout, max_seq_len=256)
+    doc = pipe.manifest.prompts["document"]
+    a = pipe.prepare(page, RunOptions())
+    b = composed.prepare(page, RunOptions(prompt_ids=(doc["before"], doc["after"])))
+    np.testing.assert_array_equal(a.input_ids, b.input_ids)
+    np.testing.assert_array_equal(a.images_seq_mask, b.images_seq_mask)
+    np.testing.assert_allclose(a.embeds, b.embeds, rtol=0, atol=0)
+    n = len(a.image_embeds)
+    c = composed.prepare(page, RunOptions(prompt_ids=([5, 6], [7])))
+    sp = pipe.tokenizer.special
+    assert c.input_ids.tolist() == [sp.bos, 5, 6] + [sp.image] * n + [7]
+    np.testing.assert_allclose(composed.prompt_embeds(c.image_embeds, RunOptions(prompt_ids=([5, 6], [7]))), c.embeds)
+    assert composed.runner.cache.max_seq_len == 256
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(max_tiles=10), "max_tiles=10"), (dict(max_tiles=1), "max_tiles=1"), (dict(max_tiles=True), "max_tiles=True"),
+    (dict(max_tiles=2.5), "max_tiles=2.5"), (dict(prompt_ids=[1, 2, 3]), "prompt_ids"),
+    (dict(prompt_ids=([1], [-2])), "negative"), (dict(generation={"max_new_tokens": 3}), "generation="),
+])
+def test_run_options_reject_bad_values_by_name(kwargs, needle):
+    from dsocr.runtime.errors import InputError
+
+    with pytest.raises(InputError, match=needle):
+        RunOptions(**kwargs)
+
+
+def test_cli_looped_drop_and_layouts_on_a_pdf(demo_bundle, sample_pdf, tmp_path):
+    """The demo model loops on every page: kept, the document has both pages; dropped, none."""
+    keep, drop = tmp_path / "keep", tmp_path / "drop"
+    base = ["run", "--model", str(demo_bundle), str(sample_pdf), "--quiet", "--layouts"]
+    r = CliRunner().invoke(main, base + ["-o", str(keep)])
+    assert r.exit_code == 0, r.output
+    assert "2 page(s) stopped by the loop guard (kept)" in r.stderr and "1 document(s) written" in r.output
+    assert (keep / "sample.md").read_text().count("<--- Page Split --->") == 2
+    assert sorted(p.name for p in (keep / "layouts").iterdir()) == ["sample_p0000.jpg", "sample_p0001.jpg"]
+    assert json.loads((keep / "sample_p0000.json").read_text())["looped"] is True
+    r = CliRunner().invoke(main, base + ["-o", str(drop), "--looped", "drop"])
+    assert r.exit_code == 0, r.output
+    assert (drop / "sample.md").read_text() == "" and (drop / "sample_p0000.md").read_text() == ""
+    assert json.loads((drop / "sample_p0001.json").read_text())["dropped"] is True
+    assert not (drop / "layouts").exists()
