@@ -195,6 +195,7 @@ def format_report(report: Report) -> str:
              f"{'min cos':>8} {'vision cos':>10} {'CER':>7} {'fp32 margin':>11} {'loops (fp32)':>14}"]
     for m in report.modes:
         lines.append(f"{m.mode:<8} {m.pages:>5} {m.positions:>5} {m.top1:>7.2%} {m.vision_top1:>12.2%} "
-                     f"{m.logits_cosine:>10.6f} {m.logits_cosine_min:>8.5f} {m.vision_cosine:>10.6f} {m.cer:>7.2%} {m.margin:>11.3f} "
+                     f"{m.logits_cosine:>10.6f} {m.logits_cosine_min:>8.5f} {m.vision_cosine:>10.6f} {m.cer:>7.2%} "
+                     f"{m.margin:>11.3f} "
                      f"{f'{m.loop_rate:.0%} ({m.reference_loop_rate:.0%})':>14}")
     return "\n".join(lines)

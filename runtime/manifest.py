@@ -72,7 +72,8 @@ class Manifest:
     layout_file: str  # npz with image_newline [D], view_separator [D]
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"sha256", "bytes"}
     source: dict[str, Any] = field(default_factory=dict)  # checkpoint info, export settings
-    generation_defaults: dict[str, Any] = field(default_factory=dict)  # decode options when the user gives none, e.g. {"max_new_tokens": 256}
+    # decode options used when the user gives none, e.g. {"max_new_tokens": 256} (runtime.decoding.DEFAULTABLE)
+    generation_defaults: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     dsocr_version: str = __version__

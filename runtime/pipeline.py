@@ -4,7 +4,7 @@ Letters: T prompt tokens, N image tokens, D hidden, V vocab.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
