@@ -242,3 +242,13 @@ def test_cli_looped_drop_and_layouts_on_a_pdf(demo_bundle, sample_pdf, tmp_path)
     assert (drop / "sample.md").read_text() == "" and (drop / "sample_p0000.md").read_text() == ""
     assert json.loads((drop / "sample_p0001.json").read_text())["dropped"] is True
     assert not (drop / "layouts").exists()
+
+
+def test_c_bridge_uses_the_bundles_default_when_max_new_tokens_is_0(demo_bundle, sample_page, tmp_path):
+    from dsocr.runtime.capi.bridge import Model, Session
+
+    bundle = bundle_with_defaults(demo_bundle, tmp_path, {"max_new_tokens": 5, "loop_detection": False})
+    session = Session(Model(str(bundle)))
+    png = sample_page.read_bytes()
+    assert session.run_encoded(png, None, None, None, 0, None).n_generated <= 5
+    assert session.run_encoded(png, None, None, None, 3, None).n_generated <= 3
