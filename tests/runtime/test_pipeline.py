@@ -252,3 +252,20 @@ def test_c_bridge_uses_the_bundles_default_when_max_new_tokens_is_0(demo_bundle,
     png = sample_page.read_bytes()
     assert session.run_encoded(png, None, None, None, 0, None).n_generated <= 5
     assert session.run_encoded(png, None, None, None, 3, None).n_generated <= 3
+
+
+def test_max_tiles_has_one_bound_in_options_and_preprocessing():
+    from PIL import Image
+
+    from dsocr.runtime.errors import InputError
+    from dsocr.runtime.modes import MAX_TILES
+    from dsocr.runtime.preprocess import preprocess
+
+    page = Image.new("RGB", (2000, 2000))
+    assert preprocess(page, "gundam", max_tiles=MAX_TILES).n_tiles <= MAX_TILES
+    RunOptions(max_tiles=MAX_TILES)
+    for bad in (MAX_TILES + 1, 64):
+        with pytest.raises(InputError, match="max_tiles"):
+            preprocess(page, "gundam", max_tiles=bad)
+        with pytest.raises(InputError, match="max_tiles"):
+            RunOptions(max_tiles=bad)
