@@ -68,11 +68,12 @@ def run(inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngra
                    f"build one from deepseek-ai/DeepSeek-OCR for real OCR. {gen.max_new_tokens} new tokens a page.",
                    err=True)
     on_text = (lambda s: (sys.stdout.write(s), sys.stdout.flush())) if stream else None
-    looped_pages = []
+    n_looped = 0
 
     def ocr(page):
+        nonlocal n_looped
         result = pipe.ocr(page, options, on_text=on_text)
-        looped_pages.extend([result] if result.looped else [])
+        n_looped += result.looped
         return apply_looped(result, looped)
 
     writer = None
@@ -85,8 +86,8 @@ def run(inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngra
         writer.catch_up(items)
     docs, waiting = write_documents(items, out)
     click.echo(f"{summary.done} page(s) done, {summary.skipped} already done, {summary.failed} failed -> {out}")
-    if looped_pages:
-        click.echo(f"{len(looped_pages)} page(s) stopped by the loop guard ({'dropped' if looped == 'drop' else 'kept'})",
+    if n_looped:
+        click.echo(f"{n_looped} page(s) stopped by the loop guard ({'dropped' if looped == 'drop' else 'kept'})",
                    err=True)
     if docs or waiting:
         click.echo(f"{len(docs)} document(s) written" + (f", {len(waiting)} waiting for failed pages" if waiting else ""))
