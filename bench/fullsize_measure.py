@@ -11,7 +11,7 @@ On the shipped portrait sample page (794x1123 -> Gundam 2x3 = 6 tiles):
             phase), and one Small page end to end (preprocess, encoder, embed, prefill, 256 greedy
             steps with no stopping) whose steps give the decode tokens/s. ORT: decoder, embed and
             the 640 vision graph only.
-Both backends run the same runtime code (BundleRunner over the Backend interface); eager is dsocr's
+Both backends run the same runtime code (a Pipeline composed over the Backend interface); eager is dsocr's
 PyTorch model (fp32, torch.inference_mode, the same threads), loaded whole in both phases.
 
 Letters: T prompt tokens, N image tokens, D hidden, V vocab.
@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from dsocr.runtime.layout import assemble_prompt, layout_image_embeds, scatter_image_embeds
 from dsocr.runtime.manifest import read_manifest
 from dsocr.runtime.modes import get_mode
+from dsocr.runtime.pipeline import Pipeline, RunOptions
 from dsocr.runtime.preprocess import load_image, preprocess
-from dsocr.runtime.runner import BundleRunner
+from dsocr.runtime.tokenizer import Tokenizer
 
 SAMPLE = Path(__file__).resolve().parents[1] / "runtime" / "data" / "sample_page.png"
 ENCODER_MODES = ("tiny", "small", "base", "gundam")
@@ -53,25 +53,12 @@ def log(msg: str) -> None:
     print(f"    {msg}", flush=True)
 
 
-class _NoDecoder:
-    def io_binding(self):
-        return None
-
-
-def _ort_backend(a, vision_only: bool):
+def _ort_backend(a):
+    """ORT sessions load lazily (SessionCache): a phase loads only the graphs it runs."""
     from dsocr.runtime.backends.ort import OrtBackend
 
-    class VisionOnly(OrtBackend):
-        """OrtBackend that never loads the decoder (for the encoders phase)."""
-
-        def _session(self, file: str):
-            if file == self.manifest.graphs["decoder"].file:
-                return _NoDecoder()
-            return super()._session(file)
-
     config = dict(kv.split("=", 1) for kv in a.ort_config)
-    cls = VisionOnly if vision_only else OrtBackend
-    return cls(a.bundle, read_manifest(a.bundle, verify_files=False), threads=a.threads, session_config=config)
+    return OrtBackend(a.bundle, read_manifest(a.bundle, verify_files=False), threads=a.threads, session_config=config)
 
 
 def open_backend(a) -> tuple[object, float]:
@@ -86,31 +73,33 @@ def open_backend(a) -> tuple[object, float]:
         torch.set_num_threads(a.threads)
         backend = TorchBackend(DeepseekOCR.from_pretrained(a.ckpt, torch.float32), max_seq_len=a.max_seq_len)
     else:
-        backend = _ort_backend(a, vision_only=a.phase == "encoders")
+        backend = _ort_backend(a)
         graphs = backend.manifest.graphs
         if a.phase == "decode":
             files = [graphs["embed"].file, backend.manifest.vision_graph(get_mode("small").base_size).file]
         else:
             files = [g.file for g in graphs.values() if g.role == "vision"]
         for f in files:  # create the sessions now (not inside a timing)
-            backend._session(f)
+            backend.sessions.get(f)
     return backend, time.perf_counter() - t
 
 
 class Bench:
-    def __init__(self, backend, manifest, layout, repeats: int):
-        self.backend, self.manifest, self.layout, self.repeats = backend, manifest, layout, repeats
-        self.runner = BundleRunner(backend, manifest.kv.max_seq_len)
+    """Times the runtime Pipeline's parts (composed over either backend, with the bundle's tokenizer,
+    layout vectors and document prompt ids)."""
+
+    def __init__(self, backend, manifest, layout, tokenizer, repeats: int):
+        self.backend, self.manifest, self.repeats = backend, manifest, repeats
+        self.pipe = Pipeline.compose(backend, tokenizer, layout, manifest.kv.max_seq_len)
+        self.runner = self.pipe.runner
+        doc = manifest.prompts["document"]
+        self.options = RunOptions(prompt_ids=(doc["before"], doc["after"]))
 
     def encode(self, views, mode) -> np.ndarray:  # -> image embeddings [N, D] in prompt order
-        g = self.backend.vision(views.global_view)[0]
-        tiles = self.backend.vision(views.tiles) if len(views.tiles) else None
-        return layout_image_embeds(g, tiles, views.crop, *self.layout)
+        return self.pipe.encode(views)
 
     def prompt(self, embeds: np.ndarray) -> np.ndarray:  # -> prompt embeddings [T, D]
-        entry, sp = self.manifest.prompts["document"], self.manifest.special_tokens
-        ids, mask = assemble_prompt(entry["before"], entry["after"], len(embeds), sp["image"], sp["bos"])
-        return scatter_image_embeds(self.backend.embed(ids[None])[0], mask, embeds)
+        return self.pipe.prompt_embeds(embeds, self.options)
 
     def best(self, fn) -> tuple[float, object]:
         times, out = [], None
@@ -175,7 +164,8 @@ def run(a) -> dict:
     backend, load_s = open_backend(a)
     rss_loaded = rss_bytes()
     log(f"loaded in {load_s:.1f} s, RSS {rss_loaded / 2**30:.2f} GiB")
-    bench = Bench(backend, manifest, (lay["image_newline"], lay["view_separator"]), a.repeats)
+    bench = Bench(backend, manifest, (lay["image_newline"], lay["view_separator"]),
+                  Tokenizer.from_file(Path(a.bundle) / manifest.tokenizer), a.repeats)
     page = load_image(SAMPLE)
     out = {"backend": a.backend, "phase": a.phase, "bundle": str(a.bundle), "threads": a.threads,
            "precision": manifest.precision if a.backend == "ort" else "fp32-eager", "ort_config": a.ort_config,

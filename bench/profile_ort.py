@@ -20,21 +20,22 @@ from pathlib import Path
 
 import numpy as np
 
-from dsocr.runtime.backends.ort import OrtBackend
+from dsocr.runtime.backends.ort import OrtBackend, SessionCache
 from dsocr.runtime.manifest import read_manifest
 from dsocr.runtime.runner import BundleRunner
 
 
-class ProfiledOrtBackend(OrtBackend):
-    """OrtBackend with ORT's profiler on for every session it creates (files under `prefix`)."""
+PREFIX = "ort_profile"
 
-    prefix = "ort_profile"
 
-    def _session(self, file: str):
-        if file not in self._sessions:
-            self._options.enable_profiling = True
-            self._options.profile_file_prefix = f"{self.prefix}_{Path(file).stem}"
-        return super()._session(file)
+def profiled_backend(bundle: Path, manifest, threads: int | None) -> OrtBackend:
+    """An OrtBackend whose sessions have ORT's profiler on (files `<PREFIX>_<graph>_*.json`), through
+    the SessionCache's configure hook."""
+    def configure(options, file: str) -> None:
+        options.enable_profiling = True
+        options.profile_file_prefix = f"{PREFIX}_{Path(file).stem}"
+
+    return OrtBackend(bundle, manifest, sessions=SessionCache(bundle, manifest, threads=threads, configure=configure))
 
 
 def load_events(path: str) -> tuple[list[dict], list[dict]]:
@@ -82,8 +83,8 @@ def summarize(runs: list[dict], per_run: list[list[dict]], label: str, top: int 
 
 def profile_decoder(bundle: Path, steps: int, prompt: int, threads: int | None) -> dict:
     manifest = read_manifest(bundle, verify_files=False)
-    backend = ProfiledOrtBackend(bundle, manifest, threads=threads)
-    backend._session(manifest.graphs["embed"].file)
+    backend = profiled_backend(bundle, manifest, threads)
+    backend.sessions.get(manifest.graphs["embed"].file)
     runner = BundleRunner(backend, manifest.kv.max_seq_len)
     rng = np.random.default_rng(0)
     runner.prefill(rng.standard_normal((prompt, manifest.hidden_size), dtype=np.float32))
@@ -93,7 +94,7 @@ def profile_decoder(bundle: Path, steps: int, prompt: int, threads: int | None) 
         logits = runner.step(tok)
         walls.append(time.perf_counter() - t)
         tok = int(np.argmax(logits))
-    files = {name: s.end_profiling() for name, s in backend._sessions.items()}
+    files = {name: s.end_profiling() for name, s in backend.sessions.items()}
     runs, kernels = load_events(files[manifest.graphs["decoder"].file])
     per_run = split_by_run(runs, kernels)
     out = {"prefill": summarize(runs[:1], per_run[:1], f"prefill T={prompt}"),
@@ -109,11 +110,11 @@ def profile_decoder(bundle: Path, steps: int, prompt: int, threads: int | None) 
 
 def profile_vision(bundle: Path, size: int, threads: int | None) -> dict:
     manifest = read_manifest(bundle, verify_files=False)
-    backend = ProfiledOrtBackend(bundle, manifest, threads=threads)
+    backend = profiled_backend(bundle, manifest, threads)
     x = np.zeros((1, 3, size, size), np.float32)
     for _ in range(2):
         backend.vision(x)
-    f = backend._sessions[manifest.vision_graph(size).file].end_profiling()
+    f = dict(backend.sessions.items())[manifest.vision_graph(size).file].end_profiling()
     runs, kernels = load_events(f)
     return summarize(runs[1:], split_by_run(runs, kernels)[1:], f"vision {size}px")
 
@@ -128,7 +129,8 @@ def main() -> None:
     ap.add_argument("--prefix", default="/tmp/dsocr_ort_profile")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    ProfiledOrtBackend.prefix = a.prefix
+    global PREFIX
+    PREFIX = a.prefix
     result = {"decoder": profile_decoder(a.bundle, a.steps, a.prompt, a.threads)}
     for s in a.vision:
         result[f"vision_{s}"] = profile_vision(a.bundle, s, a.threads)

@@ -16,12 +16,12 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from dsocr.runtime.kv_cache import KVCache
-from dsocr.runtime.layout import scatter_image_embeds
 from dsocr.runtime.manifest import read_manifest
 from dsocr.runtime.modes import get_mode
 from dsocr.runtime.pipeline import Pipeline, RunOptions
 from dsocr.runtime.preprocess import preprocess
-from dsocr.runtime.runner import BundleRunner
+
+MAX_PROMPT = 1300  # the longest prompt of any mode (Gundam, 3x3 tiles: 273 + 31 * 30 = 1203 ids)
 
 Feed = dict[str, np.ndarray]
 
@@ -56,7 +56,7 @@ class _RecordingBackend:
 
     def __init__(self, backend, sink: list[Feed]):
         self._backend, self._sink = backend, sink
-        self.manifest = backend.manifest
+        self.bundle_dir, self.manifest = backend.bundle_dir, backend.manifest
 
     def vision(self, pixel_values):
         return self._backend.vision(pixel_values)
@@ -74,26 +74,20 @@ class _RecordingBackend:
         return self._backend.decode(embeds, cos, sin, mask, cache)
 
 
-def prompt_embeds(pipe: Pipeline, page, options: RunOptions) -> np.ndarray:
-    """The prompt as the pipeline builds it: [T, D] text embeddings with the image embeddings scattered in."""
-    embeds, _ = pipe.image_embeddings(page, pipe.mode(options.mode), options.max_tiles)
-    ids, mask = pipe.prompt_ids(options, len(embeds))
-    return scatter_image_embeds(pipe.backend.embed(ids[None])[0], mask, embeds)
-
-
 def decoder_feeds(bundle_dir: str | Path, pages: Sequence, mode: str, steps: int = 4, prompt: str = "document",
                   pipeline: Pipeline | None = None, on_page: Callable[[], None] | None = None) -> list[Feed]:
     """Decoder inputs of the fp32 bundle reading `pages`: per page one prefill and `steps` greedy steps."""
     pipe = pipeline or Pipeline(bundle_dir, max_seq_len=16)
     options = RunOptions(mode=mode, prompt=prompt)
     feeds: list[Feed] = []
-    recorder = _RecordingBackend(pipe.backend, feeds)
+    recording = Pipeline.compose(_RecordingBackend(pipe.backend, feeds), pipe.tokenizer, pipe.layout,
+                                 max_seq_len=MAX_PROMPT + steps + 1)
     for page in pages:
-        embeds = prompt_embeds(pipe, page, options)
-        runner = BundleRunner(recorder, max_seq_len=len(embeds) + steps + 1)
-        logits = runner.prefill(embeds)
+        embeds = recording.prepare(page, options).embeds
+        recording.runner.reset()
+        logits = recording.runner.prefill(embeds)
         for _ in range(steps):
-            logits = runner.step(int(np.argmax(logits)))
+            logits = recording.runner.step(int(np.argmax(logits)))
         if on_page:
             on_page()
     return feeds

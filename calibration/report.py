@@ -7,7 +7,8 @@ Per page, through the runtime Pipeline on ONNX Runtime (CPU):
      logits are compared position by position: cosine, and top-1 agreement (argmax equal).
   3. "vision top-1": the fp32 decoder teacher-forced with the variant's image embeddings, which
      isolates what the vision graphs change.
-  4. The variant runs greedy on its own; character edit distance of its text to the fp32 text.
+  4. The variant runs greedy on its own; character edit distance of its text to the fp32 text, and
+     whether the loop guard stopped it (the loop rate per mode; fp32's beside it).
 Letters: L generated ids, V vocab.
 """
 from __future__ import annotations
@@ -20,10 +21,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from dsocr.runtime.decoding import GenerationOptions
-from dsocr.runtime.layout import scatter_image_embeds
+from dsocr.runtime.decoding import GenerationOptions, StopReason
 from dsocr.runtime.pipeline import Pipeline, RunOptions
-from dsocr.runtime.runner import BundleRunner
 
 from .sensitivity import cosine
 
@@ -70,18 +69,14 @@ def edit_distance(a: str, b: str) -> int:
     return int(prev[-1])
 
 
-def _teacher_forced(backend, embeds: np.ndarray, ids: Sequence[int]) -> np.ndarray:
-    """Prefill `embeds` [T, D], then feed ids[:-1] -> logits [len(ids), V]."""
-    runner = BundleRunner(backend, max_seq_len=len(embeds) + len(ids) + 1)
+def _teacher_forced(pipe: Pipeline, embeds: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+    """Prefill `embeds` [T, D] on the pipeline's runner, then feed ids[:-1] -> logits [len(ids), V]."""
+    runner = pipe.runner
+    runner.reset()
     out = [np.array(runner.prefill(embeds), np.float32)]
     for t in ids[:-1]:
         out.append(np.array(runner.step(int(t)), np.float32))
     return np.stack(out)
-
-
-def _prompt(pipe: Pipeline, image_embeds: np.ndarray, options: RunOptions) -> np.ndarray:
-    ids, mask = pipe.prompt_ids(options, len(image_embeds))
-    return scatter_image_embeds(pipe.backend.embed(ids[None])[0], mask, image_embeds)
 
 
 @dataclass(frozen=True)
@@ -97,6 +92,8 @@ class PageResult:
     edit_distance: int  # characters, variant greedy text vs fp32 greedy text
     reference_chars: int
     margin: float  # median fp32 top-1 minus top-2 logit, in units of the logits' std (how decisive fp32 is)
+    looped: bool = False  # the variant's own greedy run was stopped by the loop guard
+    reference_looped: bool = False  # fp32's run was
     text: str = field(repr=False, default="")
     reference_text: str = field(repr=False, default="")
 
@@ -112,9 +109,9 @@ def compare_page(ref: Pipeline, got: Pipeline, page, index: int, options: RunOpt
     ref_logits = np.stack(rec.logits)[: len(result.ids)]  # [L, V]
     ref_img, _ = ref.image_embeddings(page, mode, options.max_tiles)
     got_img, _ = got.image_embeddings(page, mode, options.max_tiles)
-    got_logits = _teacher_forced(got.backend, _prompt(got, got_img, options), result.ids)
-    vis_logits = _teacher_forced(ref.backend, _prompt(ref, got_img, options), result.ids)
-    got_text, _ = got.generate(page, options)
+    got_logits = _teacher_forced(got, got.prompt_embeds(got_img, options), result.ids)
+    vis_logits = _teacher_forced(ref, ref.prompt_embeds(got_img, options), result.ids)
+    got_text, got_result = got.generate(page, options)
     top = np.argmax(ref_logits, -1)
     top2 = np.sort(ref_logits, -1)[:, -2:]
     margin = float(np.median((top2[:, 1] - top2[:, 0]) / np.maximum(ref_logits.std(-1), 1e-12)))
@@ -125,7 +122,8 @@ def compare_page(ref: Pipeline, got: Pipeline, page, index: int, options: RunOpt
         vision_top1=float(np.mean(np.argmax(vis_logits, -1) == top)),
         logits_cosine=float(np.mean(cos)), logits_cosine_min=float(np.min(cos)),
         vision_cosine=cosine(got_img, ref_img), edit_distance=edit_distance(got_text, ref_text),
-        reference_chars=len(ref_text), margin=margin, text=got_text, reference_text=ref_text,
+        reference_chars=len(ref_text), margin=margin, looped=got_result.stop_reason == StopReason.LOOP.value,
+        reference_looped=result.stop_reason == StopReason.LOOP.value, text=got_text, reference_text=ref_text,
     )
 
 
@@ -141,6 +139,8 @@ class ModeSummary:
     vision_cosine: float
     cer: float  # total edit distance / total fp32 characters
     margin: float  # median over pages of PageResult.margin
+    loop_rate: float = 0.0  # share of pages whose variant run looped (stop_reason "loop")
+    reference_loop_rate: float = 0.0  # the same for fp32
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,8 @@ def summarize(mode: str, rows: list[PageResult]) -> ModeSummary:
     chars = sum(r.reference_chars for r in rows)
     return ModeSummary(mode, len(rows), int(w.sum()), avg("top1"), avg("vision_top1"), avg("logits_cosine"),
                        float(min(r.logits_cosine_min for r in rows)), float(np.mean([r.vision_cosine for r in rows])),
-                       sum(r.edit_distance for r in rows) / max(chars, 1), float(np.median([r.margin for r in rows])))
+                       sum(r.edit_distance for r in rows) / max(chars, 1), float(np.median([r.margin for r in rows])),
+                       float(np.mean([r.looped for r in rows])), float(np.mean([r.reference_looped for r in rows])))
 
 
 def compare_bundles(bundle: str | Path, against: str | Path, pages: Sequence, modes: Sequence[str] | None = None,
@@ -186,12 +187,15 @@ def compare_bundles(bundle: str | Path, against: str | Path, pages: Sequence, mo
 
 
 def format_report(report: Report) -> str:
-    """The summary table; `fp32 margin`: median (top-1 - top-2) logit gap of fp32 in logit std units."""
+    """The summary table; `fp32 margin`: median (top-1 - top-2) logit gap of fp32 in logit std units;
+    `loops`: share of pages the loop guard stopped, variant (fp32)."""
     size = sum(report.files_bytes.values()) / 2**20
     lines = [f"{report.bundle} ({report.precision}, {size:.1f} MiB) vs {report.against} on {report.pages}",
              f"{'mode':<8} {'pages':>5} {'ids':>5} {'top-1':>7} {'vision top-1':>12} {'logits cos':>10} "
-             f"{'min cos':>8} {'vision cos':>10} {'CER':>7} {'fp32 margin':>11}"]
+             f"{'min cos':>8} {'vision cos':>10} {'CER':>7} {'fp32 margin':>11} {'loops (fp32)':>14}"]
     for m in report.modes:
         lines.append(f"{m.mode:<8} {m.pages:>5} {m.positions:>5} {m.top1:>7.2%} {m.vision_top1:>12.2%} "
-                     f"{m.logits_cosine:>10.6f} {m.logits_cosine_min:>8.5f} {m.vision_cosine:>10.6f} {m.cer:>7.2%} {m.margin:>11.3f}")
+                     f"{m.logits_cosine:>10.6f} {m.logits_cosine_min:>8.5f} {m.vision_cosine:>10.6f} {m.cer:>7.2%} "
+                     f"{m.margin:>11.3f} "
+                     f"{f'{m.loop_rate:.0%} ({m.reference_loop_rate:.0%})':>14}")
     return "\n".join(lines)

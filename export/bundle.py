@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from dsocr.runtime.decoding import GenerationOptions
 from dsocr.runtime.errors import CheckpointError, InputError
 from dsocr.runtime.manifest import KVSpec, Manifest, file_entries, make_stage_dir, replace_dir, write_manifest
 from dsocr.runtime.modes import check_generation, get_mode
@@ -23,6 +24,13 @@ from .onnx_export import export_decoder, export_embed, export_vision
 
 LAYOUT_FILE = "layout.npz"
 TOKENIZER_FILE = "tokenizer.json"
+DEMO_SOURCE = "<built-in demo>"
+
+# Decode defaults written into a bundle's manifest (generation_defaults): a real checkpoint gets the
+# official scripts' 8192 new tokens; the demo checkpoint, whose text is meaningless, a few hundred,
+# so that the README's build -> run finishes in seconds.
+OFFICIAL_GENERATION = {"max_new_tokens": 8192}
+DEMO_GENERATION = {"max_new_tokens": 256}
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,7 @@ class BuildOptions:
     max_seq_len: int | None = None  # default: the checkpoint's max_position_embeddings
     overwrite: bool = False
     progress: bool = True
+    generation_defaults: dict | None = None  # default: DEMO_GENERATION for the demo, else OFFICIAL_GENERATION
 
     def __post_init__(self):
         if not self.modes:
@@ -39,6 +48,14 @@ class BuildOptions:
             get_mode(m)  # raises ModeError naming the bad mode
         if self.max_seq_len is not None and self.max_seq_len < 16:
             raise InputError(f"max_seq_len={self.max_seq_len} is too small (at least 16)")
+        if self.generation_defaults is not None:
+            GenerationOptions().updated(self.generation_defaults)  # raises InputError naming a bad option
+
+
+def generation_defaults(options: BuildOptions, source: str | None) -> dict:
+    if options.generation_defaults is not None:
+        return dict(options.generation_defaults)
+    return dict(DEMO_GENERATION if source == DEMO_SOURCE else OFFICIAL_GENERATION)
 
 
 def prompt_table(tok: Tokenizer) -> dict[str, dict]:
@@ -68,7 +85,6 @@ def _write_graphs(model: DeepseekOCR, stage: Path, sizes: list[int], bar) -> dic
     return graphs
 
 
-DEMO_SOURCE = "<built-in demo>"
 MODEL_TYPES = {"ocr1": "deepseek-ocr", "ocr2": "deepseek-ocr-2"}
 
 
@@ -106,8 +122,10 @@ def build_bundle(checkpoint: str | Path, out_dir: str | Path, options: BuildOpti
             hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size, rope_theta=cfg.rope_theta,
             special_tokens=tok.special.as_dict(), prompts=prompt_table(tok), tokenizer=TOKENIZER_FILE,
             layout_file=LAYOUT_FILE, files=file_entries(stage, names),
-            source={"checkpoint": source or str(ckpt.resolve()), "model_type": MODEL_TYPES[model.generation]},
+            source={"checkpoint": source or str(ckpt.resolve()), "model_type": MODEL_TYPES[model.generation],
+                    **({"demo": True} if source == DEMO_SOURCE else {})},
             generation=model.generation,
+            generation_defaults=generation_defaults(options, source),
         )
         write_manifest(stage, manifest)
         replace_dir(stage, out)

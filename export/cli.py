@@ -29,7 +29,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--mode", "modes", type=MODE_CHOICE, multiple=True, help="Mode(s) to build (repeatable, or 'all' OCR-1 modes); ocr2 builds DeepSeek-OCR-2. Default: small.")
+@click.option("--mode", "modes", type=MODE_CHOICE, multiple=True, help="Mode(s) to build (repeatable, or 'all' OCR-1 modes); "
+                   "ocr2 builds DeepSeek-OCR-2. Default: small.")
 @click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Hugging Face checkpoint directory (config.json, safetensors, tokenizer.json). Default: the built-in demo.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,

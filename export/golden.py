@@ -1,9 +1,9 @@
-"""check-golden: reproduce a golden fixture (official outputs of a reduced model) with dsocr's own
-preprocessing, layout, runner and decode loop, on the PyTorch model or on the exported ONNX graphs.
+"""check-golden: reproduce a golden fixture (official outputs of a reduced model) through dsocr's
+Pipeline (preprocessing, vision, layout, prompt, runner), on the PyTorch model or on the exported ONNX
+graphs opened as `dsocr run` opens a bundle.
 
-Fixture format: see shared/fixtures/README.md. OCR-1 (tiny/): config.json, keys.txt, page.png, golden.npz
-keyed by mode. OCR-2 (ocr2-tiny/): config.json, keys.txt, page_<case>.png, golden.npz keyed by case
-(`tiles`, `single`), all in the one `ocr2` mode. The generation is read from keys.txt.
+Fixture format: see tests/fixtures/README.md (config.json, keys.txt, page.png, golden.npz; OCR-2:
+page_<case>.png and golden.npz keyed by case). The generation comes from the fixture's keys.txt.
 """
 from __future__ import annotations
 
@@ -15,12 +15,11 @@ from typing import Callable
 
 import numpy as np
 
-from dsocr.runtime.backends.base import Backend
 from dsocr.runtime.errors import InputError
-from dsocr.runtime.layout import assemble_prompt, layout_image_embeds, layout_views, scatter_image_embeds
 from dsocr.runtime.modes import check_generation, get_mode, mode_names
-from dsocr.runtime.preprocess import load_image, preprocess
-from dsocr.runtime.runner import BundleRunner
+from dsocr.runtime.pipeline import Pipeline, RunOptions
+from dsocr.runtime.preprocess import load_image
+from dsocr.runtime.tokenizer import Tokenizer
 
 PIXEL_TOL = 1e-5  # abs, pixels sampled every 8th
 REL_TOL = 1e-4  # x max|ref|, embeddings and logits
@@ -51,47 +50,36 @@ def _ids_row(mode, name, got, ref) -> Row:
     return Row(mode, name, float(bad), 0.0, bad == 0)
 
 
-def check_mode(backend: Backend, layout: tuple[np.ndarray, np.ndarray], page, gold: dict, mode_name: str) -> list[Row]:
-    mode, g = get_mode(mode_name), (lambda k: gold[f"{mode_name}.{k}"])
-    views = preprocess(page, mode)
-    rows = _view_rows(views, gold, mode_name)
-    global_feats = backend.vision(views.global_view)[0]
-    tile_feats = backend.vision(views.tiles) if len(views.tiles) else None
-    embeds = layout_image_embeds(global_feats, tile_feats, views.crop, *layout)
-    rows.append(_float_row(mode_name, "image_embeds", embeds, g("image_embeds")))
-    return rows + _check_prompt_and_decode(backend, mode, views.crop, embeds, gold, mode_name)
-
-
-def _view_rows(views, gold: dict, key: str) -> list[Row]:
-    """Pixels (every 8th) of the global view and the tiles, and the crop grid."""
+def check_mode(pipe: Pipeline, page, gold: dict, mode_name: str, key: str | None = None) -> list[Row]:
+    """One case of the fixture through `pipe` (the Pipeline users run): views, image embeddings,
+    prompt ids (the fixture's text ids given as ids: its tokenizer is a stand-in), prefill and steps.
+    key: the golden.npz prefix (OCR-1: the mode name; OCR-2: the case, "tiles" or "single")."""
+    key = key or mode_name
     g = lambda k: gold[f"{key}.{k}"]  # noqa: E731
+    ref_ids, ref_mask = g("input_ids"), g("images_seq_mask")
+    img_pos = np.flatnonzero(ref_mask)
+    before, after = ref_ids[1 : img_pos[0]].tolist(), ref_ids[img_pos[-1] + 1 :].tolist()  # text part of the prompt
+    prep = pipe.prepare(page, RunOptions(mode=mode_name, prompt_ids=(before, after)))
+    views = prep.views
     rows = [_float_row(key, "global_view", views.global_view[:, :, ::8, ::8], g("global_view"), rel=False)]
     if f"{key}.local_views" in gold:
         rows.append(_float_row(key, "local_views", views.tiles[:, :, ::8, ::8], g("local_views"), rel=False))
     rows.append(_ids_row(key, "images_spatial_crop", np.array([views.crop]), g("images_spatial_crop")))
+    rows.append(_float_row(key, "image_embeds", prep.image_embeds, g("image_embeds")))
+    rows += [_ids_row(key, "input_ids", prep.input_ids, ref_ids),
+             _ids_row(key, "images_seq_mask", prep.images_seq_mask, ref_mask)]
+    rows += _check_decode(pipe, prep.embeds, gold, key)
     return rows
 
 
-def _check_prompt_and_decode(backend: Backend, mode, crop, embeds: np.ndarray, gold: dict, key: str) -> list[Row]:
-    """Prompt ids and mask from the mode's token count, then prefill and greedy steps."""
-    g = lambda k: gold[f"{key}.{k}"]  # noqa: E731
-    ref_ids, ref_mask = g("input_ids"), g("images_seq_mask")
-    img_pos = np.flatnonzero(ref_mask)
-    image_id = int(ref_ids[img_pos[0]])
-    before, after = ref_ids[1 : img_pos[0]].tolist(), ref_ids[img_pos[-1] + 1 :].tolist()  # text part of the prompt
-    ids, mask = assemble_prompt(before, after, mode.n_image_tokens(*crop), image_id, int(ref_ids[0]))
-    rows = [_ids_row(key, "input_ids", ids, ref_ids), _ids_row(key, "images_seq_mask", mask, ref_mask)]
-    prompt = scatter_image_embeds(backend.embed(ids[None])[0], mask, embeds)
-    return rows + _check_decode(backend, prompt, gold, key)
-
-
-def _check_decode(backend: Backend, prompt: np.ndarray, gold: dict, mode_name: str) -> list[Row]:
+def _check_decode(pipe: Pipeline, prompt: np.ndarray, gold: dict, mode_name: str) -> list[Row]:
     ref_steps = gold[f"{mode_name}.step_logits"]
-    runner = BundleRunner(backend, max_seq_len=len(prompt) + len(ref_steps) + 1)
+    runner = pipe.runner
+    runner.reset()
     logits = runner.prefill(prompt).copy()
     rows = [_float_row(mode_name, "prefill_last_logits", logits, gold[f"{mode_name}.prefill_last_logits"])]
     ids, steps = [], []
-    for _ in range(len(ref_steps)):  # greedy, no repetition filter (as the fixture)
+    for _ in range(len(ref_steps)):  # greedy, no repetition filter and no stop (as the fixture)
         ids.append(int(np.argmax(logits)))
         logits = runner.step(ids[-1]).copy()
         steps.append(logits)
@@ -113,24 +101,21 @@ def fixture_checkpoint(fixture_dir: Path, out_dir: Path) -> Path:
     return ckpt
 
 
-def make_backend(kind: str, ckpt: Path, work: Path, modes: tuple[str, ...]) -> tuple[Backend, tuple]:
-    """(backend, (image_newline or None, view_separator)) for 'torch' or 'onnx'."""
+def make_pipeline(kind: str, ckpt: Path, work: Path, modes: tuple[str, ...]) -> Pipeline:
+    """The fixture's checkpoint as a Pipeline: 'torch' composes one over dsocr's PyTorch model,
+    'onnx' exports a bundle and opens it as `dsocr run` does."""
     if kind == "torch":
         from .model.ocr import DeepseekOCR
         from .torch_backend import TorchBackend
 
         backend = TorchBackend(DeepseekOCR.from_pretrained(ckpt))
-        return backend, backend.layout_vectors()
+        return Pipeline.compose(backend, Tokenizer.from_file(ckpt / "tokenizer.json"), backend.layout_vectors())
     if kind == "onnx":
-        from dsocr.runtime.backends.ort import OrtBackend
-        from dsocr.runtime.pipeline import BundleAssets
-
         from .bundle import BuildOptions, build_bundle
 
         bundle = work / "bundle"
         build_bundle(ckpt, bundle, BuildOptions(modes=modes, progress=False))
-        assets = BundleAssets.load(bundle)
-        return OrtBackend(bundle, assets.manifest), assets.layout
+        return Pipeline(bundle)
     raise InputError(f"unknown backend {kind!r}; choose torch or onnx")
 
 
@@ -164,11 +149,11 @@ def run_golden(fixture_dir: str | Path, backend: str = "torch", modes: tuple[str
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="dsocr-golden-") as tmp:
         ckpt = fixture_checkpoint(fixture, Path(tmp) / "ckpt")
-        be, layout = make_backend(backend, ckpt, Path(tmp), modes)
+        pipe = make_pipeline(backend, ckpt, Path(tmp), modes)
         for m in modes:
             if on_mode:
                 on_mode(m)
-            rows += check_mode(be, layout, page, gold, m)
+            rows += check_mode(pipe, page, gold, m)
     return rows
 
 
@@ -177,20 +162,9 @@ OCR2_MODE = "ocr2"
 OCR2_CASES = ("tiles", "single")  # golden.npz key prefixes; page_<case>.png
 
 
-def check_case_ocr2(backend: Backend, layout: tuple, page, gold: dict, case: str) -> list[Row]:
-    """One OCR-2 case: views, flat image embeddings (tiles, global, separator), prompt, decode."""
-    mode = get_mode(OCR2_MODE)
-    views = preprocess(page, mode)
-    rows = _view_rows(views, gold, case)
-    global_feats = backend.vision(views.global_view)[0]
-    tile_feats = backend.vision(views.tiles) if len(views.tiles) else None
-    embeds = layout_views(mode.newlines, global_feats, tile_feats, views.crop, *layout)
-    rows.append(_float_row(case, "image_embeds", embeds, gold[f"{case}.image_embeds"]))
-    return rows + _check_prompt_and_decode(backend, mode, views.crop, embeds, gold, case)
-
-
 def run_golden_ocr2(fixture: Path, backend: str = "torch", modes: tuple[str, ...] | None = None,
                     on_mode: Callable[[str], None] | None = None) -> list[Row]:
+    """The OCR-2 cases (with and without tiles) through the same Pipeline, in mode `ocr2`."""
     for m in modes or ():
         check_generation(get_mode(m), "ocr2")
     gold = dict(np.load(fixture / "golden.npz"))
@@ -203,11 +177,11 @@ def run_golden_ocr2(fixture: Path, backend: str = "torch", modes: tuple[str, ...
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="dsocr-golden-") as tmp:
         ckpt = fixture_checkpoint(fixture, Path(tmp) / "ckpt")
-        be, layout = make_backend(backend, ckpt, Path(tmp), (OCR2_MODE,))
+        pipe = make_pipeline(backend, ckpt, Path(tmp), (OCR2_MODE,))
         for c in cases:
             if on_mode:
                 on_mode(c)
-            rows += check_case_ocr2(be, layout, load_image(fixture / f"page_{c}.png"), gold, c)
+            rows += check_mode(pipe, load_image(fixture / f"page_{c}.png"), gold, OCR2_MODE, key=c)
     return rows
 
 

@@ -236,7 +236,8 @@ def _as_page_result(result: Any, image: Image.Image) -> PageResult:
     raise TypeError(f"ocr_fn returned {type(result).__name__}; expected a PageResult or the raw model text")
 
 
-def _process(item: WorkItem, ocr_fn: Callable[[Image.Image], Any], out_dir: Path, dpi: float) -> PageResult:
+def _process(item: WorkItem, ocr_fn: Callable[[Image.Image], Any], out_dir: Path, dpi: float,
+             on_page: "PageHook | None" = None) -> PageResult:
     image = load_page(item, dpi)
     result = _as_page_result(ocr_fn(image), image).with_figure_prefix(f"{item.stem}_")
     try:
@@ -245,6 +246,8 @@ def _process(item: WorkItem, ocr_fn: Callable[[Image.Image], Any], out_dir: Path
         if e.errno in FATAL_WRITE_ERRNOS:
             raise _output_error(out_dir, e, f"saving {item.stem}") from e
         raise
+    if on_page is not None:
+        on_page(item, image, result)
     return result
 
 
@@ -266,15 +269,19 @@ def _record_error(out_dir: Path, item: WorkItem, error: BaseException) -> dict[s
 
 
 PageDone = Callable[[WorkItem, "PageResult | None"], None]
+PageHook = Callable[[WorkItem, Image.Image, PageResult], None]  # called after a page's files are written
 
 
 def run_batch(items: Iterable[WorkItem], ocr_fn: Callable[[Image.Image], Any], out_dir: str | Path,
-              progress: bool = True, dpi: float = DEFAULT_DPI, on_page_done: PageDone | None = None) -> BatchSummary:
+              progress: bool = True, dpi: float = DEFAULT_DPI, on_page_done: PageDone | None = None,
+              on_page: PageHook | None = None) -> BatchSummary:
     """OCR every item not yet done (no `<stem>.md`) and write its files; a failing page is recorded in
     errors.jsonl and the batch goes on. `ocr_fn(page) -> PageResult` (or raw model text, which is
-    post-processed here). `on_page_done(item, result)` is called after each page's files are in
-    place (result None for a page done by an earlier run). KeyboardInterrupt stops the batch; run it
-    again to resume. OutputBusyError: another run holds out_dir; OutputError: out_dir cannot be written."""
+    post-processed here). `on_page(item, page, result)` runs after a page is saved (e.g. layout
+    images); its failure is recorded like a page's (the page's files stay). `on_page_done(item,
+    result)` is called after each page's files are in place (result None for a page done by an
+    earlier run). KeyboardInterrupt stops the batch; run it again to resume. OutputBusyError: another
+    run holds out_dir; OutputError: out_dir cannot be written."""
     items = _unique(items)
     out_dir = prepare_output_dir(out_dir)
     with output_lock(out_dir):
@@ -282,11 +289,11 @@ def run_batch(items: Iterable[WorkItem], ocr_fn: Callable[[Image.Image], Any], o
             remove_stale_temp(out_dir)
         except OSError as e:
             raise _output_error(out_dir, e, "removing stale temp files") from None
-        return _run_locked(items, ocr_fn, out_dir, progress, dpi, on_page_done)
+        return _run_locked(items, ocr_fn, out_dir, progress, dpi, on_page_done, on_page)
 
 
 def _run_locked(items: list[WorkItem], ocr_fn, out_dir: Path, progress: bool, dpi: float,
-                on_page_done: PageDone | None) -> BatchSummary:
+                on_page_done: PageDone | None, on_page: PageHook | None) -> BatchSummary:
     summary = BatchSummary()
     with tqdm(total=len(items), disable=not progress, unit="page", desc="dsocr") as bar:
         for item in items:
@@ -296,7 +303,7 @@ def _run_locked(items: list[WorkItem], ocr_fn, out_dir: Path, progress: bool, dp
                 summary.skipped += 1
             else:
                 try:
-                    result = _process(item, ocr_fn, out_dir, dpi)
+                    result = _process(item, ocr_fn, out_dir, dpi, on_page)
                     summary.done += 1
                 except OutputError:
                     raise

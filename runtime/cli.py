@@ -66,10 +66,16 @@ def clamp_threads(threads: int | None) -> int | None:
 @click.option("--prompt", default="document", show_default=True,
               help="Template (document, ocr, free, figure, describe, locate) or a text containing <image>.")
 @click.option("--ref", default=None, help="Referring expression for --prompt locate.")
-@click.option("--max-new-tokens", type=click.IntRange(1, 1 << 20), default=8192, show_default=True)
-@click.option("--ngram-size", type=click.IntRange(0, 1024), default=20, show_default=True,
-              help="No-repeat n-gram size (0: off).")
-@click.option("--ngram-window", type=click.IntRange(1, 1 << 20), default=50, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, 1 << 20), default=None,
+              help="Most ids generated per page (default: the bundle's; 8192 for a real checkpoint, 256 for the demo).")
+@click.option("--ngram-size", type=click.IntRange(0, 1024), default=None,
+              help="No-repeat n-gram size (0: off; default: the bundle's, 20).")
+@click.option("--ngram-window", type=click.IntRange(1, 1 << 20), default=None,
+              help="N-gram ban window (default: the bundle's, 50).")
+@click.option("--looped", type=click.Choice(["keep", "drop"]), default="keep", show_default=True,
+              help="Pages the loop guard stopped: keep them, or drop their text (their JSON says looped and dropped; "
+                   "a PDF's document leaves them out).")
+@click.option("--layouts", is_flag=True, help="Also write layouts/<page>.jpg: the page with its boxes and labels drawn.")
 @click.option("--dpi", type=FiniteFloatRange(36, 600), default=144, show_default=True, help="PDF rendering resolution.")
 @click.option("--max-pages", type=click.IntRange(1, 1_000_000), default=DEFAULT_MAX_PAGES, show_default=True,
               help="Most pages (PDF pages, image frames) read from one input file; a longer file is recorded "
@@ -82,43 +88,73 @@ def clamp_threads(threads: int | None) -> int | None:
 @click.option("--stream", is_flag=True, help="Print the model's text as it is generated.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @library_errors
-def run(inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngram_window, dpi, max_pages, backend,
-        device, threads, stream, quiet) -> None:
+def run(inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngram_window, looped, layouts, dpi,
+        max_pages, backend, device, threads, stream, quiet) -> None:
     """OCR INPUTS (images, PDFs, directories) into OUT, one result per page, written atomically.
 
-    A directory gives the PDFs and images directly in it (not subfolders). Exit status: 0 every page
-    done; 1 some pages failed (see OUT/errors.jsonl) or a bad bundle or input; 2 a usage error; 3 OUT
-    cannot be written (disk full, read-only) or another run is using it; 130 interrupted (Ctrl-C).
+    A directory gives the PDFs and images directly in it (not subfolders). A PDF also gets
+    OUT/<name>.md, its pages joined by the official page-split marker, once all its pages are done.
+    Exit status: 0 every page done; 1 some pages failed (see OUT/errors.jsonl) or a bad bundle or
+    input; 2 a usage error; 3 OUT cannot be written (disk full, read-only) or another run is using
+    it; 130 interrupted (Ctrl-C).
     """
     ctx = click.get_current_context()
     try:
-        summary = _run(inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngram_window, dpi,
-                       max_pages, backend, device, clamp_threads(threads), stream, quiet)
+        summary, n_looped, docs, waiting = _run(
+            inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngram_window, looped, layouts, dpi,
+            max_pages, backend, device, clamp_threads(threads), stream, quiet)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; finished pages are kept in {out}: run the same command again to resume", err=True)
         ctx.exit(EXIT_INTERRUPTED)
     except OutputError as e:
         raise OutputUnusable(str(e)) from e
     click.echo(f"{summary.done} page(s) done, {summary.skipped} already done, {summary.failed} failed -> {out}")
+    if n_looped:
+        click.echo(f"{n_looped} page(s) stopped by the loop guard ({'dropped' if looped == 'drop' else 'kept'})",
+                   err=True)
+    if docs or waiting:
+        click.echo(f"{len(docs)} document(s) written" + (f", {len(waiting)} waiting for failed pages" if waiting else ""))
     if summary.failed:
         click.echo(f"see {out / 'errors.jsonl'}", err=True)
         ctx.exit(EXIT_FAILED_PAGES)
 
 
-def _run(inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngram_window, dpi, max_pages, backend,
-         device, threads, stream, quiet):
+def _run(inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngram_window, looped, layouts, dpi,
+         max_pages, backend, device, threads, stream, quiet):
     from .batch import collect_inputs, prepare_output_dir, run_batch
-    from .decoding import GenerationOptions
+    from .documents import apply_looped, check_names, write_documents
     from .pipeline import Pipeline, RunOptions
 
     items = collect_inputs(inputs, max_pages=max_pages)  # nothing to read: InputError before the model loads
+    check_names(items)
     prepare_output_dir(out)  # an impossible -o fails before the model loads
-    gen = GenerationOptions(max_new_tokens=max_new_tokens, ngram_size=ngram_size, ngram_window=ngram_window)
-    options = RunOptions(mode=mode, prompt=prompt, ref=ref, generation=gen)
     pipe = Pipeline(bundle, backend=backend, device=device, threads=threads)
+    gen = pipe.generation_options(max_new_tokens=max_new_tokens, ngram_size=ngram_size, ngram_window=ngram_window)
+    options = RunOptions(mode=mode, prompt=prompt, ref=ref, generation=gen)
     pipe.mode(options.mode)  # a wrong mode fails before any page is read
+    if pipe.is_demo:
+        click.echo(f"{bundle} is a demo bundle (the built-in demo checkpoint): its text is meaningless; "
+                   f"build one from deepseek-ai/DeepSeek-OCR for real OCR. {gen.max_new_tokens} new tokens a page.",
+                   err=True)
     on_text = (lambda s: (sys.stdout.write(s), sys.stdout.flush())) if stream else None
-    return run_batch(items, lambda page: pipe.ocr(page, options, on_text=on_text), out, progress=not quiet, dpi=dpi)
+    n_looped = 0
+
+    def ocr(page):
+        nonlocal n_looped
+        result = pipe.ocr(page, options, on_text=on_text)
+        n_looped += result.looped
+        return apply_looped(result, looped)
+
+    writer = None
+    if layouts:
+        from .layouts import LayoutWriter
+
+        writer = LayoutWriter(out, dpi)
+    summary = run_batch(items, ocr, out, progress=not quiet, dpi=dpi, on_page=writer)
+    if writer is not None:
+        writer.catch_up(items)
+    docs, waiting = write_documents(items, out)
+    return summary, n_looped, docs, waiting
 
 
 @main.command()

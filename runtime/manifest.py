@@ -81,6 +81,8 @@ class Manifest:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"sha256", "bytes"}
     source: dict[str, Any] = field(default_factory=dict)  # checkpoint info, export settings
     generation: str = "ocr1"  # model generation: "ocr1" (DeepSeek-OCR) or "ocr2" (DeepSeek-OCR-2)
+    # decode options used when the user gives none, e.g. {"max_new_tokens": 256} (runtime.decoding.DEFAULTABLE)
+    generation_defaults: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     dsocr_version: str = __version__

@@ -4,20 +4,20 @@ Letters: T prompt tokens, N image tokens, D hidden, V vocab.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from .backends.base import Backend
-from .decoding import GenerationOptions, GenerationResult, TextStreamer, generate
-from .errors import InputError, ModeError
+from .decoding import DEFAULTABLE, GenerationOptions, GenerationResult, TextStreamer, generate
+from .errors import InputError, ManifestError, ModeError
 from .layout import assemble_prompt, layout_views, scatter_image_embeds
 from .manifest import Manifest, bundle_file, read_layout, read_manifest
-from .modes import MAX_TILES, Mode, check_generation, get_mode
+from .modes import MAX_TILES, MIN_TILES, Mode, check_generation, get_mode
 from .postprocess import PageResult, render_markdown
-from .preprocess import load_image, preprocess
+from .preprocess import Views, load_image, preprocess
 from .prompts import get_prompt, split_prompt
 from .runner import BundleRunner
 from .tokenizer import Tokenizer
@@ -33,15 +33,33 @@ class RunOptions:
     prompt: str = "document"  # a template name (document, ocr, free, figure, describe, locate) or text with <image>
     ref: str | None = None  # the referring expression for the `locate` prompt
     max_tiles: int | None = None  # default: the mode's (OCR-1 9, OCR-2 6)
-    generation: GenerationOptions = field(default_factory=GenerationOptions)
+    generation: GenerationOptions | None = None  # None: the bundle's generation_defaults
+    prompt_ids: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # explicit (before, after) text ids; overrides prompt
 
     def __post_init__(self):
         if self.mode is not None:
             get_mode(self.mode)
-        if self.max_tiles is not None and not 2 <= int(self.max_tiles) <= MAX_TILES:
-            raise InputError(f"max_tiles={self.max_tiles} must lie in 2..9")
+        if self.max_tiles is not None and (
+                isinstance(self.max_tiles, bool) or not isinstance(self.max_tiles, (int, np.integer))
+                or not MIN_TILES <= int(self.max_tiles) <= MAX_TILES):
+            raise InputError(f"max_tiles={self.max_tiles!r} must be an integer in {MIN_TILES}..{MAX_TILES}")
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InputError("prompt must be a template name or a text containing <image>")
+        if self.generation is not None and not isinstance(self.generation, GenerationOptions):
+            raise InputError(f"generation={self.generation!r} must be GenerationOptions or None (the bundle's defaults)")
+        if self.prompt_ids is not None:
+            object.__setattr__(self, "prompt_ids", _prompt_ids(self.prompt_ids))
+
+
+def _prompt_ids(value) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    try:
+        before, after = value
+        out = tuple(int(t) for t in before), tuple(int(t) for t in after)
+    except (TypeError, ValueError):
+        raise InputError(f"prompt_ids={value!r} must be a pair (ids before the image, ids after it)") from None
+    if any(t < 0 for part in out for t in part):
+        raise InputError(f"prompt_ids={value!r} holds a negative id")
+    return out
 
 
 def open_backend(bundle_dir: Path, manifest: Manifest, backend: str, device: str, threads: int | None) -> Backend:
@@ -73,26 +91,89 @@ class BundleAssets:
         return cls(path, manifest, tokenizer, read_layout(path, manifest))
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One page made ready for decoding (what golden checks compare step by step).
+
+    Letters: T prompt tokens, N image tokens, D hidden.
+    """
+
+    views: Views  # global view [1, 3, S, S], tiles [n, 3, s, s], crop (w, h)
+    image_embeds: np.ndarray  # [N, D] in prompt order
+    input_ids: np.ndarray  # [T] int64
+    images_seq_mask: np.ndarray  # [T] bool
+    embeds: np.ndarray  # [T, D] text embeddings with the image embeddings scattered in
+
+
+def _bundle_defaults(manifest: Manifest) -> GenerationOptions:
+    """GenerationOptions from a manifest's generation_defaults (ManifestError naming a bad entry)."""
+    d = manifest.generation_defaults
+    if not isinstance(d, dict):
+        raise ManifestError(f"generation_defaults must be an object of option -> value, not {type(d).__name__}")
+    unknown = sorted(set(d) - set(DEFAULTABLE))
+    if unknown:
+        raise ManifestError(f"generation_defaults names unknown option(s) {', '.join(unknown)}; "
+                            f"known: {', '.join(DEFAULTABLE)}")
+    try:
+        return GenerationOptions().updated(d)
+    except InputError as e:
+        raise ManifestError(f"generation_defaults of the bundle: {e}") from e
+
+
 class Pipeline:
-    """Loads a bundle once; `ocr()` many pages. One Pipeline per thread (it owns one KV cache)."""
+    """Loads a bundle once; `ocr()` many pages. One Pipeline per thread (it owns one KV cache).
+
+    Three ways to build one, all through `compose` (the one place a pipeline is assembled):
+    `Pipeline(bundle_dir)` opens a bundle; `from_assets` shares loaded assets; `compose` takes any
+    backend (ONNX Runtime, TensorRT, PyTorch), tokenizer and layout vectors.
+    """
 
     def __init__(self, bundle_dir: str | Path, backend: str = "ort", device: str = "cpu",
                  threads: int | None = None, max_seq_len: int | None = None):
         bundle = BundleAssets.load(bundle_dir)
-        self._attach(bundle, open_backend(bundle.bundle_dir, bundle.manifest, backend, device, threads), max_seq_len)
+        self._attach(open_backend(bundle.bundle_dir, bundle.manifest, backend, device, threads),
+                     bundle.tokenizer, bundle.layout, max_seq_len)
+
+    @classmethod
+    def compose(cls, backend: Backend, tokenizer: Tokenizer, layout: tuple[np.ndarray, np.ndarray],
+                max_seq_len: int | None = None) -> "Pipeline":
+        """A pipeline over `backend` (its manifest: modes, prompts, special ids, generation defaults),
+        `tokenizer` and the layout vectors (image_newline [D], view_separator [D])."""
+        self = cls.__new__(cls)
+        self._attach(backend, tokenizer, layout, max_seq_len)
+        return self
 
     @classmethod
     def from_assets(cls, bundle: "BundleAssets", backend: Backend, max_seq_len: int | None = None) -> "Pipeline":
         """A pipeline over already loaded (verified, shared read-only) assets and a backend of its own."""
-        self = cls.__new__(cls)
-        self._attach(bundle, backend, max_seq_len)
-        return self
+        return cls.compose(backend, bundle.tokenizer, bundle.layout, max_seq_len)
 
-    def _attach(self, bundle: "BundleAssets", backend: Backend, max_seq_len: int | None) -> None:
-        self.bundle_dir, self.manifest = bundle.bundle_dir, bundle.manifest
-        self.tokenizer, self.layout = bundle.tokenizer, bundle.layout
+    def _attach(self, backend: Backend, tokenizer: Tokenizer, layout, max_seq_len: int | None) -> None:
+        self.bundle_dir, self.manifest = backend.bundle_dir, backend.manifest
+        self.tokenizer, self.layout = tokenizer, (np.asarray(layout[0]), np.asarray(layout[1]))
         self.backend = backend
         self.runner = BundleRunner(backend, max_seq_len)
+        self.defaults = _bundle_defaults(self.manifest)
+
+    @property
+    def is_demo(self) -> bool:
+        """Built from dsocr's demo checkpoint: its text is meaningless."""
+        source = self.manifest.source
+        return source.get("demo") is True or source.get("checkpoint") == "<built-in demo>"  # older demo bundles
+
+    def generation_options(self, **overrides) -> GenerationOptions:
+        """The bundle's generation defaults with `overrides` applied (a value of None keeps the default)."""
+        return self.defaults.updated(overrides)
+
+    def generation_for(self, options: RunOptions) -> GenerationOptions:
+        """The decode options of a request: the bundle's defaults unless given, the tokenizer's
+        table-cell ids as the n-gram whitelist unless given, its decode for the loop guard."""
+        gen = options.generation if options.generation is not None else self.defaults
+        if not gen.whitelist:
+            gen = gen.with_whitelist(self.tokenizer.special.table_cells())
+        if gen.text_decoder is None:
+            gen = gen.with_text_decoder(self.tokenizer.decode)
+        return gen
 
     def mode(self, name: str | None) -> Mode:
         mode = get_mode(name or self.manifest.modes[0])
@@ -107,13 +188,20 @@ class Pipeline:
     def image_embeddings(self, image, mode: Mode, max_tiles: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
         """-> (image embeddings [N, D] in prompt order, crop (w tiles, h tiles))."""
         views = preprocess(image, mode, max_tiles=max_tiles)
+        return self.encode(views), views.crop
+
+    def encode(self, views: Views) -> np.ndarray:
+        """Vision graphs + layout: a page's views -> its image embeddings [N, D] in prompt order."""
         global_feats = self.backend.vision(views.global_view)[0]
         tile_feats = self.backend.vision(views.tiles) if len(views.tiles) else None
-        return layout_views(mode.newlines, global_feats, tile_feats, views.crop, *self.layout), views.crop
+        newlines = self.manifest.generation != "ocr2"  # OCR-1 rows end in image_newline; OCR-2 is flat
+        return layout_views(newlines, global_feats, tile_feats, views.crop, *self.layout)
 
     def prompt_ids(self, options: RunOptions, n_image_tokens: int) -> tuple[np.ndarray, np.ndarray]:
         """-> (input_ids [T], images_seq_mask [T])."""
-        if options.prompt in self.manifest.prompts and "before" in self.manifest.prompts[options.prompt]:
+        if options.prompt_ids is not None:
+            before, after = options.prompt_ids
+        elif options.prompt in self.manifest.prompts and "before" in self.manifest.prompts[options.prompt]:
             entry = self.manifest.prompts[options.prompt]
             before, after = entry["before"], entry["after"]
         else:
@@ -123,17 +211,28 @@ class Pipeline:
         sp = self.tokenizer.special
         return assemble_prompt(before, after, n_image_tokens, sp.image, sp.bos)
 
+    def prepare(self, image, options: RunOptions = RunOptions()) -> Prepared:
+        """A page image -> its views, image embeddings, prompt ids and prompt embeddings [T, D]."""
+        mode = self.mode(options.mode)
+        views = preprocess(image, mode, max_tiles=options.max_tiles)
+        embeds = self.encode(views)
+        ids, mask = self.prompt_ids(options, len(embeds))
+        return Prepared(views, embeds, ids, mask, self._scatter(ids, mask, embeds))
+
+    def prompt_embeds(self, image_embeds: np.ndarray, options: RunOptions = RunOptions()) -> np.ndarray:
+        """Image embeddings [N, D] (of this or another backend) -> the prompt's embeddings [T, D]."""
+        ids, mask = self.prompt_ids(options, len(image_embeds))
+        return self._scatter(ids, mask, image_embeds)
+
+    def _scatter(self, ids: np.ndarray, mask: np.ndarray, image_embeds: np.ndarray) -> np.ndarray:
+        return scatter_image_embeds(self.backend.embed(ids[None])[0], mask, image_embeds)
+
     def generate(self, image, options: RunOptions = RunOptions(),
                  on_text: Callable[[str], None] | None = None) -> tuple[str, GenerationResult]:
         """Raw model text (grounding tags kept) and the generation record."""
-        mode = self.mode(options.mode)
-        embeds, _ = self.image_embeddings(image, mode, options.max_tiles)
-        ids, mask = self.prompt_ids(options, len(embeds))
-        prompt = scatter_image_embeds(self.backend.embed(ids[None])[0], mask, embeds)
+        prompt = self.prepare(image, options).embeds
         sp = self.tokenizer.special
-        gen = options.generation
-        if not gen.whitelist:
-            gen = gen.with_whitelist(sp.table_cells())
+        gen = self.generation_for(options)
         streamer = TextStreamer(self.tokenizer.decode, on_text) if on_text else None
         self.runner.reset()
         result = generate(self.runner, prompt, gen, eos_ids=(sp.eos,),

@@ -88,6 +88,12 @@ class PageResult:
     image_dir: str = "images"
     stop_reason: str | None = None  # from the generation, when known
     n_generated: int | None = None
+    dropped: bool = False  # left out of the output for looping (`dsocr run --looped drop`)
+
+    @property
+    def looped(self) -> bool:
+        """The generation was stopped by the loop guard."""
+        return self.stop_reason == "loop"
 
     def with_generation(self, result) -> PageResult:
         """Record a GenerationResult's stop reason and length."""
@@ -112,6 +118,8 @@ class PageResult:
             "figures": [f"{self.image_dir}/{name}" for name, _ in self.figures],
             "stop_reason": self.stop_reason,
             "n_generated": self.n_generated,
+            "looped": self.looped,
+            "dropped": self.dropped,
             "raw": self.raw,
         }
 

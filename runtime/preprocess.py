@@ -23,7 +23,6 @@ from .modes import MAX_TILES, MIN_TILES, TILE, Mode, get_mode
 
 MAX_PIXELS = 100_000_000  # ~300 MB as RGB8; the same cap as a rendered PDF page
 PAD_COLOR = (127, 127, 127)  # int(0.5 * 255): the official fill, normalises to -1/255, not 0
-MAX_TILES_LIMIT = 64  # sanity bound on a user-supplied max_tiles
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,9 +168,9 @@ def _check_tiles(min_tiles: int, max_tiles: int) -> None:
     for name, v in (("min_tiles", min_tiles), ("max_tiles", max_tiles)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise InputError(f"{name}={v!r} must be an integer")
-    if not 2 <= min_tiles <= max_tiles <= MAX_TILES_LIMIT:
-        raise InputError(
-            f"need 2 <= min_tiles <= max_tiles <= {MAX_TILES_LIMIT}, got min_tiles={min_tiles}, max_tiles={max_tiles}")
+    if not MIN_TILES <= min_tiles <= max_tiles <= MAX_TILES:  # the one bound (modes), as RunOptions
+        raise InputError(f"need {MIN_TILES} <= min_tiles <= max_tiles <= {MAX_TILES}, "
+                         f"got min_tiles={min_tiles}, max_tiles={max_tiles}")
 
 
 def find_tile_grid(width: int, height: int, min_tiles: int = MIN_TILES, max_tiles: int = MAX_TILES,

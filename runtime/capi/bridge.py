@@ -14,7 +14,6 @@ from typing import Callable
 
 from .. import errors
 from ..backends.ort import OrtBackend, SessionCache
-from ..decoding import GenerationOptions
 from ..manifest import FORMAT_VERSION
 from ..pipeline import BundleAssets, Pipeline, RunOptions
 from ..postprocess import render_markdown
@@ -108,7 +107,7 @@ class Session:
     def _run(self, page, mode: str | None, prompt: str | None, ref: str | None, max_new_tokens: int,
              callback: Callable[[str], bool] | None) -> Result:
         n = _count("max_new_tokens", max_new_tokens)
-        gen = GenerationOptions(max_new_tokens=n) if n else GenerationOptions()
+        gen = self.pipe.generation_options(max_new_tokens=n)  # 0 (None): the bundle's default
         options = RunOptions(mode=mode or None, prompt=prompt or "document", ref=ref, generation=gen)
         streamed: list[str] = []
 

@@ -111,7 +111,7 @@ typedef struct dsocr_run_options {
     const char *prompt;          /* template name (document, ocr, free, figure, describe, locate) or
                                     text containing <image>; NULL: "document" */
     const char *ref;             /* the referring expression of the "locate" prompt; NULL otherwise */
-    int32_t max_new_tokens;      /* 0: the default (8192) */
+    int32_t max_new_tokens;      /* 0: the bundle's default (manifest generation_defaults; 8192 for a real checkpoint) */
     dsocr_text_callback on_text; /* optional streaming callback */
     void *user_data;             /* passed to on_text */
 } dsocr_run_options;

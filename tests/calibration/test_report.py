@@ -21,6 +21,18 @@ def test_fp32_against_itself_agrees_fully(demo_bundle, page):
     assert "100.00%" in format_report(r)
 
 
+def test_loop_rate_is_reported_per_mode(demo_bundle, page):
+    """The demo model loops on every page: the loop guard stops both runs, and the table says so."""
+    r = compare_bundles(demo_bundle, demo_bundle, [page], max_new_tokens=400)
+    (m,) = r.modes
+    (d,) = r.details
+    assert d.looped and d.reference_looped and d.positions < 400
+    assert (m.loop_rate, m.reference_loop_rate) == (1.0, 1.0)
+    assert "100% (100%)" in format_report(r)
+    short = compare_bundles(demo_bundle, demo_bundle, [page], max_new_tokens=4).modes[0]
+    assert (short.loop_rate, short.reference_loop_rate) == (0.0, 0.0)
+
+
 def test_cli_compare_writes_json_and_enforces_min_top1(variants, demo_bundle, tmp_path):
     from dsocr.export.cli import main
 

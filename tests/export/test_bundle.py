@@ -85,3 +85,14 @@ def test_build_command_builds_engines_where_tensorrt_is_installed(tmp_path, monk
     assert r.exit_code == 0, r.output
     assert built == [tmp_path / "b"] and "built TensorRT engines into" in r.output
     assert "TensorRT is not installed" not in r.output
+
+
+def test_generation_defaults_demo_and_real_checkpoints():
+    from dsocr.export.bundle import DEMO_SOURCE, BuildOptions, generation_defaults
+    from dsocr.runtime.errors import InputError
+
+    assert generation_defaults(BuildOptions(), DEMO_SOURCE) == {"max_new_tokens": 256}
+    assert generation_defaults(BuildOptions(), None) == {"max_new_tokens": 8192}
+    assert generation_defaults(BuildOptions(generation_defaults={"max_new_tokens": 77}), None) == {"max_new_tokens": 77}
+    with pytest.raises(InputError, match="max_tokens"):
+        BuildOptions(generation_defaults={"max_tokens": 5})

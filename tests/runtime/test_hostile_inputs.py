@@ -147,8 +147,15 @@ class FakePipeline:
     def __init__(self, bundle, backend="ort", device="cpu", threads=None):
         FakePipeline.made.append({"threads": threads})
 
+    is_demo = False
+
     def mode(self, name):
         return name
+
+    def generation_options(self, **overrides):
+        from dsocr.runtime.decoding import GenerationOptions
+
+        return GenerationOptions()
 
     def ocr(self, page, options, on_text=None):
         if FakePipeline.raise_on_ocr:

@@ -143,12 +143,19 @@ def test_no_json_without_md_when_the_md_cannot_be_written(pages, tmp_path, monke
 def test_cli_disk_full_exits_3_with_one_message(pages, tmp_path, monkeypatch):
     import dsocr.runtime.pipeline as P
 
+    from dsocr.runtime.decoding import GenerationOptions
+
     class Fake:
+        is_demo = False
+
         def __init__(self, *a, **k):
             pass
 
         def mode(self, name):
             return name
+
+        def generation_options(self, **overrides):
+            return GenerationOptions()
 
         def ocr(self, page, options, on_text=None):
             return ocr(page)

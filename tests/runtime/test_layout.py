@@ -5,9 +5,9 @@ import pytest
 from dsocr.runtime.errors import InputError
 from dsocr.runtime.layout import assemble_prompt, layout_image_embeds, scatter_image_embeds
 from dsocr.runtime.modes import get_mode, mode_names
+from dsocr.runtime.prompts import get_prompt, split_prompt
 
 V1_MODES = mode_names("ocr1")  # the tiny fixture is OCR-1
-from dsocr.runtime.prompts import get_prompt, split_prompt
 
 FIXTURE_IMAGE_ID, FIXTURE_BOS = 1023, 0
 FIXTURE_PROMPT = "<image>\n<|grounding|>Convert the document to markdown. "  # README text, trailing space

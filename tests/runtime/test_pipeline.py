@@ -142,3 +142,133 @@ def test_kv_cache_is_written_in_place(pipe, sample_page):
     pipe.generate(sample_page, FAST)
     assert [id(k) for k in cache.key] == before  # same buffers: allocated once
     assert cache.length > 0 and np.abs(cache.key[0][0, : cache.length]).sum() > 0
+
+
+# -- generation defaults (the bundle's, from its manifest) ---------------------------------------------
+def test_demo_bundle_defaults_serve_the_cli_and_it_says_the_text_is_meaningless(demo_bundle, sample_page, tmp_path):
+    manifest = read_manifest(demo_bundle)
+    assert manifest.generation_defaults == {"max_new_tokens": 256} and manifest.source["demo"] is True
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["run", "--model", str(demo_bundle), str(sample_page), "-o", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((out / "sample_page.json").read_text())
+    assert meta["n_generated"] <= 256 and meta["stop_reason"] in ("eos", "loop", "max_tokens")
+    assert r.stderr.count("its text is meaningless") == 1
+
+
+def bundle_with_defaults(demo_bundle, tmp_path, defaults):
+    """A copy of the demo bundle (hard links: symlinks leaving a bundle are refused) with a manifest
+    whose generation_defaults are `defaults`."""
+    import os
+
+    d = tmp_path / "b"
+    d.mkdir()
+    for f in demo_bundle.iterdir():
+        if f.name != "manifest.json":
+            os.link(f, d / f.name)
+    raw = json.loads((demo_bundle / "manifest.json").read_text())
+    raw["generation_defaults"] = defaults
+    if defaults is None:
+        del raw["generation_defaults"]
+    (d / "manifest.json").write_text(json.dumps(raw))
+    return d
+
+
+def test_pipeline_uses_the_bundles_defaults_unless_options_are_given(demo_bundle, sample_page, tmp_path):
+    pipe = Pipeline(bundle_with_defaults(demo_bundle, tmp_path, {"max_new_tokens": 9, "loop_detection": False}))
+    _, result = pipe.generate(_page(sample_page))
+    assert len(result.ids) <= 9 and (result.stop_reason == "max_tokens") == (len(result.ids) == 9)
+    _, result = pipe.generate(_page(sample_page), RunOptions(generation=GenerationOptions(max_new_tokens=4)))
+    assert len(result.ids) <= 4
+    gen = pipe.generation_options(max_new_tokens=None, ngram_size=3)
+    assert (gen.max_new_tokens, gen.ngram_size, gen.loop_detection) == (9, 3, False)
+
+
+def test_bad_generation_defaults_are_a_manifest_error(demo_bundle, tmp_path):
+    with pytest.raises(ManifestError, match="max_tokens"):
+        Pipeline(bundle_with_defaults(demo_bundle, tmp_path, {"max_tokens": 9}))
+
+
+def test_a_manifest_without_defaults_gets_the_official_ones(demo_bundle, tmp_path):
+    pipe = Pipeline(bundle_with_defaults(demo_bundle, tmp_path, None))
+    assert pipe.generation_options().max_new_tokens == 8192 and pipe.is_demo
+
+
+def _page(path):
+    from dsocr.runtime.preprocess import load_image
+
+    return load_image(path)
+
+
+# -- composition and explicit prompt ids ---------------------------------------------------------------
+def test_compose_with_explicit_prompt_ids_builds_the_same_prompt(pipe, sample_page):
+    page = _page(sample_page)
+    composed = Pipeline.compose(pipe.backend, pipe.tokenizer, pipe.layout, max_seq_len=256)
+    doc = pipe.manifest.prompts["document"]
+    a = pipe.prepare(page, RunOptions())
+    b = composed.prepare(page, RunOptions(prompt_ids=(doc["before"], doc["after"])))
+    np.testing.assert_array_equal(a.input_ids, b.input_ids)
+    np.testing.assert_array_equal(a.images_seq_mask, b.images_seq_mask)
+    np.testing.assert_allclose(a.embeds, b.embeds, rtol=0, atol=0)
+    n = len(a.image_embeds)
+    c = composed.prepare(page, RunOptions(prompt_ids=([5, 6], [7])))
+    sp = pipe.tokenizer.special
+    assert c.input_ids.tolist() == [sp.bos, 5, 6] + [sp.image] * n + [7]
+    np.testing.assert_allclose(composed.prompt_embeds(c.image_embeds, RunOptions(prompt_ids=([5, 6], [7]))), c.embeds)
+    assert composed.runner.cache.max_seq_len == 256
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(max_tiles=10), "max_tiles=10"), (dict(max_tiles=1), "max_tiles=1"), (dict(max_tiles=True), "max_tiles=True"),
+    (dict(max_tiles=2.5), "max_tiles=2.5"), (dict(prompt_ids=[1, 2, 3]), "prompt_ids"),
+    (dict(prompt_ids=([1], [-2])), "negative"), (dict(generation={"max_new_tokens": 3}), "generation="),
+])
+def test_run_options_reject_bad_values_by_name(kwargs, needle):
+    from dsocr.runtime.errors import InputError
+
+    with pytest.raises(InputError, match=needle):
+        RunOptions(**kwargs)
+
+
+def test_cli_looped_drop_and_layouts_on_a_pdf(demo_bundle, sample_pdf, tmp_path):
+    """The demo model loops on every page: kept, the document has both pages; dropped, none."""
+    keep, drop = tmp_path / "keep", tmp_path / "drop"
+    base = ["run", "--model", str(demo_bundle), str(sample_pdf), "--quiet", "--layouts"]
+    r = CliRunner().invoke(main, base + ["-o", str(keep)])
+    assert r.exit_code == 0, r.output
+    assert "2 page(s) stopped by the loop guard (kept)" in r.stderr and "1 document(s) written" in r.output
+    assert (keep / "sample.md").read_text().count("<--- Page Split --->") == 2
+    assert sorted(p.name for p in (keep / "layouts").iterdir()) == ["sample_p0000.jpg", "sample_p0001.jpg"]
+    assert json.loads((keep / "sample_p0000.json").read_text())["looped"] is True
+    r = CliRunner().invoke(main, base + ["-o", str(drop), "--looped", "drop"])
+    assert r.exit_code == 0, r.output
+    assert (drop / "sample.md").read_text() == "" and (drop / "sample_p0000.md").read_text() == ""
+    assert json.loads((drop / "sample_p0001.json").read_text())["dropped"] is True
+    assert not (drop / "layouts").exists()
+
+
+def test_c_bridge_uses_the_bundles_default_when_max_new_tokens_is_0(demo_bundle, sample_page, tmp_path):
+    from dsocr.runtime.capi.bridge import Model, Session
+
+    bundle = bundle_with_defaults(demo_bundle, tmp_path, {"max_new_tokens": 5, "loop_detection": False})
+    session = Session(Model(str(bundle)))
+    png = sample_page.read_bytes()
+    assert session.run_encoded(png, None, None, None, 0, None).n_generated <= 5
+    assert session.run_encoded(png, None, None, None, 3, None).n_generated <= 3
+
+
+def test_max_tiles_has_one_bound_in_options_and_preprocessing():
+    from PIL import Image
+
+    from dsocr.runtime.errors import InputError
+    from dsocr.runtime.modes import MAX_TILES
+    from dsocr.runtime.preprocess import preprocess
+
+    page = Image.new("RGB", (2000, 2000))
+    assert preprocess(page, "gundam", max_tiles=MAX_TILES).n_tiles <= MAX_TILES
+    RunOptions(max_tiles=MAX_TILES)
+    for bad in (MAX_TILES + 1, 64):
+        with pytest.raises(InputError, match="max_tiles"):
+            preprocess(page, "gundam", max_tiles=bad)
+        with pytest.raises(InputError, match="max_tiles"):
+            RunOptions(max_tiles=bad)

@@ -9,11 +9,11 @@ from PIL import Image
 
 from dsocr.runtime.errors import ImageError, InputError
 from dsocr.runtime.modes import get_mode, mode_names
-
-V1_MODES = mode_names("ocr1")  # the tiny fixture is OCR-1
 from dsocr.runtime.preprocess import (
     Views, find_tile_grid, image_from_rgb, load_image, preprocess, tile_candidates, to_chw,
 )
+
+V1_MODES = mode_names("ocr1")  # the tiny fixture is OCR-1
 
 TOL = 1e-5
 
