@@ -4,6 +4,48 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TEST_EXTRAS = ("export", "dev")  # what the README's test command installs
+
+
+def missing_requirements(extras=TEST_EXTRAS, dist: str = "dsocr") -> list[str]:
+    """Requirements of `dist` (core and `extras`, recursively through self-references such as
+    dsocr[calib]) that this environment does not satisfy, read from the installed metadata."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    reqs = [Requirement(r) for r in metadata.requires(dist) or []]
+    todo, seen, missing = list(extras), set(), []
+    for r in reqs:
+        if r.marker is None or r.marker.evaluate({"extra": ""}):
+            todo.append(("", r))
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):  # an extra: queue its requirements
+            if item not in seen:
+                seen.add(item)
+                todo += [("", r) for r in reqs if r.marker is not None and r.marker.evaluate({"extra": item})]
+            continue
+        r = item[1]
+        if r.name == dist:
+            todo += list(r.extras)
+            continue
+        try:
+            found = metadata.version(r.name)
+        except metadata.PackageNotFoundError:
+            missing.append(str(r))
+            continue
+        if not r.specifier.contains(found, prereleases=True):
+            missing.append(f"{r} (found {found})")
+    return sorted(set(missing))
+
+
+def pytest_sessionstart(session):
+    """A declared test dependency that is missing fails the run here, before any importorskip can hide it."""
+    missing = missing_requirements()
+    if missing:
+        pytest.exit(f"this environment lacks {', '.join(missing)}: pip install \"torch==2.13.0\" -e \".[export,dev]\"",
+                    returncode=4)
 
 
 @pytest.fixture(scope="session")

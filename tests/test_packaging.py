@@ -76,3 +76,27 @@ def test_ci_runs_the_readme_test_command_in_a_fresh_venv(repo_root):
     slow = next(i for i, ln in enumerate(lines) if "-m slow tests/test_fresh_install.py" in ln)
     assert venv < activate < torch < readme < slow
     assert "-eq 5" in script  # pytest's exit 5 (no test ran) is turned into a failure
+
+
+def test_missing_test_dependency_is_named(monkeypatch, repo_root):
+    """The session guard in conftest reads the installed metadata: a dependency of a nested extra
+    (export -> calib -> onnx-ir) that is absent, or too old, is named (and fails the run, never a skip)."""
+    import importlib.util
+    from importlib import metadata
+
+    spec = importlib.util.spec_from_file_location("top_conftest", repo_root / "tests" / "conftest.py")
+    top = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(top)
+    missing_requirements = top.missing_requirements
+
+    assert missing_requirements() == []
+    real = metadata.version
+
+    def version(name):
+        if name == "onnx-ir":
+            raise metadata.PackageNotFoundError(name)
+        return "1.0" if name == "onnxruntime" else real(name)
+
+    monkeypatch.setattr(metadata, "version", version)
+    missing = missing_requirements()
+    assert any(m.startswith("onnx-ir>=") for m in missing) and any("onnxruntime>=1.32" in m for m in missing), missing
