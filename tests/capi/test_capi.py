@@ -270,8 +270,10 @@ def test_status_table(exc, status):
 def test_messages_carry_no_reprs():
     from dsocr.runtime.capi import bridge
 
-    code, message = bridge.status_of(ValueError("cannot identify image file <_io.BytesIO object at 0x7f3a2b1c0d90>"))
-    assert message == "cannot identify image file" and code == bridge.Status.INVALID_ARGUMENT
+    from dsocr.runtime import errors
+
+    code, message = bridge.status_of(errors.ImageError("cannot identify image file <_io.BytesIO object at 0x7f3a2b1c0d90>"))
+    assert message == "cannot identify image file" and code == bridge.Status.BAD_IMAGE
     assert "0x" not in bridge.status_of(KeyError("<function f at 0x7f00deadbeef>"))[1]
 
 
