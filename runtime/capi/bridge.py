@@ -241,13 +241,17 @@ class Session:
         stopped = False
         if pieces is not None:
             future.add_done_callback(lambda _: pieces.put(_DONE))
-            while (piece := pieces.get()) is not _DONE:  # blocks with the GIL released
-                if stopped:
-                    continue
-                delivered.append(piece)
-                if callback(piece):
-                    stopped = True
-                    self.engine.cancel(future)
+            try:
+                while (piece := pieces.get()) is not _DONE:  # blocks with the GIL released
+                    if stopped:
+                        continue
+                    delivered.append(piece)
+                    if callback(piece):
+                        stopped = True
+                        self.engine.cancel(future)
+            except BaseException:  # the callback failed: nobody waits for this page any more
+                self.engine.cancel(future)
+                raise
         try:
             raw, result = future.result()
         except CancelledError:  # cancelled while still queued

@@ -231,6 +231,33 @@ def test_loop_stop_reason_and_figure_bytes(lib, demo_bundle, sample_page, script
     assert page.boxes == [("image", int(100 / 999 * w), int(200 / 999 * h), int(600 / 999 * w), int(700 / 999 * h))]
 
 
+def test_max_batch_shares_one_engine(demo_bundle, sample_page):
+    """max_batch = N: every Session of the Model submits to one BatchEngine with N slots, closed when
+    the Model and its last Session are gone; max_batch = 0: an engine per Session."""
+    from dsocr.runtime import errors
+    from dsocr.runtime.capi import bridge
+    from dsocr.runtime.engine import EngineClosedError
+
+    model = bridge.Model(str(demo_bundle), max_seq_len=256, max_batch=3)
+    a, b = bridge.Session(model), bridge.Session(model)
+    assert a.engine is b.engine and a.engine.max_batch == 3 and a.engine.stats().slots == 3
+    page = a.run_encoded(sample_page.read_bytes(), max_new_tokens=2)
+    assert page.n_generated == 2 and a.engine.stats().pages_done == 1
+    model.close()
+    a.close()
+    assert b.run_encoded(sample_page.read_bytes(), max_new_tokens=1).n_generated == 1  # b keeps it alive
+    b.close()
+    with pytest.raises(EngineClosedError):
+        b.engine.submit(None)
+    alone = bridge.Model(str(demo_bundle), max_seq_len=256)
+    c, d = bridge.Session(alone), bridge.Session(alone)
+    assert c.engine is not d.engine and c.engine.max_batch == 1
+    for s in (c, d, alone):
+        s.close()
+    with pytest.raises(errors.InputError):
+        bridge.Model(str(demo_bundle), max_batch=bridge.MAX_BATCH + 1)
+
+
 def test_tensorrt_backend_is_reached(lib, demo_bundle, monkeypatch):
     """backend "tensorrt" builds runtime.backends.trt.TrtBackend; without TensorRT: DSOCR_ERR_BACKEND."""
     from dsocr.runtime.backends import trt
@@ -314,8 +341,11 @@ def test_readme_recipe_with_an_editable_venv(lib, repo_root, demo_bundle, sample
     (tmp_path / "ocr.c").write_text(readme_c_example(repo_root))
     exe = compile_host(tmp_path / "ocr.c", lib, tmp_path / "ocr")
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", VENV_ENV)}
-    run = lambda env: subprocess.run([str(exe), str(demo_bundle), str(sample_page)], capture_output=True,  # noqa: E731
-                                     text=True, timeout=600, env=env, cwd=tmp_path)
+
+    def run(env):
+        return subprocess.run([str(exe), str(demo_bundle), str(sample_page)], capture_output=True, text=True,
+                              timeout=600, env=env, cwd=tmp_path)
+
     r = run(clean | {VENV_ENV: str(venv)})
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
     r = run(clean | {"PYTHONPATH": str(packages)})  # the old recipe: site-packages as a plain path
