@@ -22,6 +22,7 @@ from ..errors import DsocrError
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "dsocr.h"
 SOURCE = HERE / "dsocr.c"
+SOURCES = (SOURCE, HERE / "handles.c")  # handles.c: the registry of live handles
 LIBRARY_NAME = "libdsocr.so"
 
 
@@ -72,7 +73,7 @@ def build_library(out_dir: str | Path, cc: str | None = None) -> Path:
     fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{LIBRARY_NAME}.", suffix=".tmp")
     os.close(fd)
     cmd = [find_compiler(cc), "-shared", "-fPIC", "-O2", "-g", "-std=c11", "-fvisibility=hidden", "-Wall",
-           "-Wextra", f'-DDSOCR_VERSION_STRING="{version()}"', *cflags, f"-I{HERE}", str(SOURCE), "-o", tmp,
+           "-Wextra", f'-DDSOCR_VERSION_STRING="{version()}"', *cflags, f"-I{HERE}", *map(str, SOURCES), "-o", tmp,
            *ldflags]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True)

@@ -4,10 +4,8 @@
  * is started once (start_python) and its GIL released right after, so any host thread can call in.
  * Python objects live only inside model/session objects; results are plain C copies.
  *
- * Handles are not pointers: a handle is an id (a counter, never reused, with its kind in the low
- * bits) that the registry maps to the object. A call looks the id up and takes a reference under
- * g_reg_lock; destroy unlinks the id at once and frees the object when the last reference goes. So a
- * stale, doubled or made-up handle is refused without ever reading freed memory. */
+ * Handles are ids in a registry (handles.c), never pointers the library dereferences: a stale, doubled
+ * or made-up handle is refused without ever reading freed memory. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -18,6 +16,7 @@
 #include <string.h>
 
 #include "dsocr.h"
+#include "handles.h"
 
 #ifndef DSOCR_VERSION_STRING
 #define DSOCR_VERSION_STRING "unknown" /* build.py and the Makefile pass the package's version */
@@ -91,96 +90,24 @@ static dsocr_status take_py_error(void) {
     return code;
 }
 
-/* ---- handle registry --------------------------------------------------------------------------- */
-enum { KIND_MODEL = 1, KIND_SESSION = 2, KIND_RESULT = 3, KIND_BITS = 2, BUCKETS = 1024 };
-
-typedef struct entry {
-    uint64_t id;        /* (serial << KIND_BITS) | kind; serials count up and are never reused */
-    void *obj;          /* struct dsocr_model / dsocr_session / dsocr_result */
-    unsigned refs;      /* calls using obj now */
-    int dead;           /* destroyed: unlinked from the table, freed when refs drops to 0 */
-    struct entry *next; /* bucket chain */
-} entry;
-
-static pthread_mutex_t g_reg_lock = PTHREAD_MUTEX_INITIALIZER;
-static entry *g_table[BUCKETS];
-static uint64_t g_serial = 0;
+/* ---- handles ------------------------------------------------------------------------------------ */
 static const char *const KIND_NAMES[] = {"", "dsocr_model", "dsocr_session", "dsocr_result"};
-
-static uint64_t id_of(const void *handle) { return (uint64_t)(uintptr_t)handle; }
-static entry **bucket(uint64_t id) { return &g_table[(id >> KIND_BITS) % BUCKETS]; }
-
-/* A new handle for obj, or NULL when out of memory. */
-static void *reg_add(int kind, void *obj) {
-    entry *e = calloc(1, sizeof *e);
-    if (!e) return NULL;
-    pthread_mutex_lock(&g_reg_lock);
-    e->id = (++g_serial << KIND_BITS) | (uint64_t)kind;
-    e->obj = obj;
-    entry **b = bucket(e->id);
-    e->next = *b;
-    *b = e;
-    pthread_mutex_unlock(&g_reg_lock);
-    return (void *)(uintptr_t)e->id;
-}
-
-/* The live entry of `handle` with one more reference, or NULL (stale, another kind, made up). */
-static entry *reg_acquire(const void *handle, int kind) {
-    uint64_t id = id_of(handle);
-    if (!id || (int)(id & ((1u << KIND_BITS) - 1)) != kind) return NULL;
-    pthread_mutex_lock(&g_reg_lock);
-    entry *e = *bucket(id);
-    while (e && e->id != id) e = e->next;
-    if (e) e->refs++;
-    pthread_mutex_unlock(&g_reg_lock);
-    return e;
-}
-
-static void free_object(int kind, void *obj);
-
-static void reg_release(entry *e) {
-    pthread_mutex_lock(&g_reg_lock);
-    int last = --e->refs == 0 && e->dead;
-    pthread_mutex_unlock(&g_reg_lock);
-    if (last) {
-        free_object((int)(e->id & ((1u << KIND_BITS) - 1)), e->obj);
-        free(e);
-    }
-}
-
-/* Unlink `handle`; its object is freed now or by the last call still using it. */
-static dsocr_status reg_destroy(void *handle, int kind) {
-    clear_error();
-    if (!handle) return DSOCR_OK;
-    uint64_t id = id_of(handle);
-    entry *e = NULL, **link = NULL;
-    pthread_mutex_lock(&g_reg_lock);
-    if ((int)(id & ((1u << KIND_BITS) - 1)) == kind)
-        for (link = bucket(id); (e = *link) && e->id != id; link = &e->next) {}
-    int now = 0;
-    if (e) {
-        *link = e->next;
-        e->dead = 1;
-        now = e->refs == 0;
-    }
-    pthread_mutex_unlock(&g_reg_lock);
-    if (!e) {
-        char msg[256];
-        snprintf(msg, sizeof msg, "not a live %s handle: it was destroyed already, or did not come from "
-                 "%s_create (a handle is invalid after destroy, as a pointer is after free)",
-                 KIND_NAMES[kind], KIND_NAMES[kind]);
-        return fail(DSOCR_ERR_INVALID_ARGUMENT, msg);
-    }
-    if (now) {
-        free_object(kind, e->obj);
-        free(e);
-    }
-    return DSOCR_OK;
-}
 
 static dsocr_status stale(int kind) {
     char msg[256];
     snprintf(msg, sizeof msg, "not a live %s handle (NULL, destroyed already, or of another kind)", KIND_NAMES[kind]);
+    return fail(DSOCR_ERR_INVALID_ARGUMENT, msg);
+}
+
+/* Unlink `handle`; its object is freed now or by the last call still using it. */
+static dsocr_status destroy_handle(void *handle, int kind) {
+    clear_error();
+    if (!handle) return DSOCR_OK;
+    if (handles_remove(handle, kind) == 0) return DSOCR_OK;
+    char msg[256];
+    snprintf(msg, sizeof msg, "not a live %s handle: it was destroyed already, or did not come from "
+             "%s_create (a handle is invalid after destroy, as a pointer is after free)",
+             KIND_NAMES[kind], KIND_NAMES[kind]);
     return fail(DSOCR_ERR_INVALID_ARGUMENT, msg);
 }
 
@@ -392,7 +319,7 @@ static void release_py(PyObject *obj) {
 
 static void destroy_result(dsocr_result *r);
 
-static void free_object(int kind, void *obj) {
+void handles_free_object(int kind, void *obj) {
     if (kind == KIND_MODEL) release_py(((dsocr_model *)obj)->obj);
     if (kind == KIND_SESSION) release_py(((dsocr_session *)obj)->obj);
     if (kind == KIND_RESULT) destroy_result(obj);
@@ -406,7 +333,7 @@ static dsocr_status new_handle(const char *name, PyObject *args, PyObject *kwarg
     Py_XDECREF(fn);
     if (!obj) return take_py_error();
     void *h = calloc(1, size);
-    void *handle = h ? reg_add(kind, h) : NULL;
+    void *handle = h ? handles_add(kind, h) : NULL;
     if (!handle) {
         free(h);
         PyObject *r = PyObject_CallMethod(obj, "close", NULL);
@@ -454,25 +381,25 @@ dsocr_status dsocr_model_create(const char *bundle_dir, const dsocr_model_option
     return st;
 }
 
-dsocr_status dsocr_model_destroy(dsocr_model *model) { return reg_destroy(model, KIND_MODEL); }
+dsocr_status dsocr_model_destroy(dsocr_model *model) { return destroy_handle(model, KIND_MODEL); }
 
 dsocr_status dsocr_session_create(dsocr_model *model, dsocr_session **out) {
     clear_error();
     REQUIRE(out, "out must not be NULL");
     *out = NULL;
-    entry *e = reg_acquire(model, KIND_MODEL);
+    handle_entry *e = handles_acquire(model, KIND_MODEL);
     if (!e) return stale(KIND_MODEL);
     PyGILState_STATE gil = PyGILState_Ensure();
-    PyObject *args = PyTuple_Pack(1, ((dsocr_model *)e->obj)->obj);
+    PyObject *args = PyTuple_Pack(1, ((dsocr_model *)handles_object(e))->obj);
     dsocr_status st = args ? new_handle("Session", args, NULL, KIND_SESSION, sizeof **out, (void **)out)
                            : take_py_error();
     Py_XDECREF(args);
     PyGILState_Release(gil);
-    reg_release(e);
+    handles_release(e);
     return st; /* the session's busy flag starts clear (calloc) */
 }
 
-dsocr_status dsocr_session_destroy(dsocr_session *session) { return reg_destroy(session, KIND_SESSION); }
+dsocr_status dsocr_session_destroy(dsocr_session *session) { return destroy_handle(session, KIND_SESSION); }
 
 /* ---- streaming: a Python callable over the host's C callback ------------------------------------- */
 typedef struct { dsocr_text_callback fn; void *user_data; } callback_data;
@@ -578,7 +505,7 @@ static dsocr_status to_result(PyObject *res, dsocr_result **out) {
     if (!PyErr_Occurred() && (r->markdown = dup_attr(res, "markdown")) && (r->raw = dup_attr(res, "raw"))
         && (r->stop_reason = dup_attr(res, "stop_reason")) && copy_boxes(res, r) == 0
         && copy_figures(res, r) == 0) {
-        void *handle = reg_add(KIND_RESULT, r);
+        void *handle = handles_add(KIND_RESULT, r);
         if (handle) {
             *out = handle;
             return DSOCR_OK;
@@ -642,11 +569,11 @@ static dsocr_status run(dsocr_session *handle, const image_input *in, const dsoc
     dsocr_status st = opts ? read_options(&o, sizeof o, opts, MIN_RUN_OPTIONS_SIZE, "dsocr_run_options")
                            : DSOCR_OK;
     if (st != DSOCR_OK) return st;
-    entry *e = reg_acquire(handle, KIND_SESSION);
+    handle_entry *e = handles_acquire(handle, KIND_SESSION);
     if (!e) return stale(KIND_SESSION);
-    dsocr_session *s = e->obj;
+    dsocr_session *s = handles_object(e);
     if (atomic_flag_test_and_set(&s->busy)) {
-        reg_release(e);
+        handles_release(e);
         return fail(DSOCR_ERR_BUSY, "this session is already running a call (use one session per thread)");
     }
     PyGILState_STATE gil = PyGILState_Ensure();
@@ -661,7 +588,7 @@ static dsocr_status run(dsocr_session *handle, const image_input *in, const dsoc
     Py_XDECREF(view);
     PyGILState_Release(gil);
     atomic_flag_clear(&s->busy);
-    reg_release(e); /* frees the session if it was destroyed during the call */
+    handles_release(e); /* frees the session if it was destroyed during the call */
     return st;
 }
 
@@ -708,11 +635,11 @@ dsocr_status dsocr_session_run_rgb(dsocr_session *session, const uint8_t *rgb, s
 /* The result behind a live handle, read under the registry's reference (NULL when stale). */
 #define RESULT_GETTER(type, name, expr, none)                        \
     type name(const dsocr_result *handle) {                          \
-        entry *e = reg_acquire(handle, KIND_RESULT);                 \
+        handle_entry *e = handles_acquire(handle, KIND_RESULT);                 \
         if (!e) return none;                                         \
-        const dsocr_result *r = e->obj;                              \
+        const dsocr_result *r = handles_object(e);                              \
         type v = (expr);                                             \
-        reg_release(e);                                              \
+        handles_release(e);                                              \
         return v;                                                    \
     }
 
@@ -726,13 +653,13 @@ RESULT_GETTER(size_t, dsocr_result_figure_count, r->n_figures, 0)
 dsocr_status dsocr_result_box(const dsocr_result *handle, size_t index, dsocr_box *out) {
     clear_error();
     REQUIRE(out, "out must not be NULL");
-    entry *e = reg_acquire(handle, KIND_RESULT);
+    handle_entry *e = handles_acquire(handle, KIND_RESULT);
     if (!e) return stale(KIND_RESULT);
-    const dsocr_result *r = e->obj;
+    const dsocr_result *r = handles_object(e);
     dsocr_status st = index < r->n_boxes ? DSOCR_OK
                                          : fail(DSOCR_ERR_INVALID_ARGUMENT, "box index out of range (see dsocr_result_box_count)");
     if (st == DSOCR_OK) *out = r->boxes[index];
-    reg_release(e);
+    handles_release(e);
     return st;
 }
 
@@ -741,9 +668,9 @@ dsocr_status dsocr_result_figure(const dsocr_result *handle, size_t index, dsocr
     REQUIRE(out, "out must not be NULL");
     REQUIRE(out->struct_size >= offsetof(dsocr_figure, name) + sizeof out->name && out->struct_size <= MAX_OPTIONS_SIZE,
             "dsocr_figure.struct_size must be set to sizeof(dsocr_figure)");
-    entry *e = reg_acquire(handle, KIND_RESULT);
+    handle_entry *e = handles_acquire(handle, KIND_RESULT);
     if (!e) return stale(KIND_RESULT);
-    const dsocr_result *r = e->obj;
+    const dsocr_result *r = handles_object(e);
     dsocr_status st = index < r->n_figures ? DSOCR_OK
                                            : fail(DSOCR_ERR_INVALID_ARGUMENT, "figure index out of range (see dsocr_result_figure_count)");
     if (st == DSOCR_OK) {
@@ -753,8 +680,8 @@ dsocr_status dsocr_result_figure(const dsocr_result *handle, size_t index, dsocr
         memcpy((char *)out + sizeof full.struct_size, (const char *)&full + sizeof full.struct_size,
                n - sizeof full.struct_size); /* the caller's struct_size stays */
     }
-    reg_release(e);
+    handles_release(e);
     return st;
 }
 
-dsocr_status dsocr_result_destroy(dsocr_result *result) { return reg_destroy(result, KIND_RESULT); }
+dsocr_status dsocr_result_destroy(dsocr_result *result) { return destroy_handle(result, KIND_RESULT); }
