@@ -9,6 +9,7 @@ interpreters in one process; BuildError says so.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from ..errors import DsocrError
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "dsocr.h"
 SOURCE = HERE / "dsocr.c"
+SOURCES = (SOURCE, HERE / "handles.c")  # handles.c: the registry of live handles
 LIBRARY_NAME = "libdsocr.so"
 
 
@@ -45,6 +47,15 @@ def python_flags() -> tuple[list[str], list[str]]:
             [f"-L{libdir}", f"-lpython{version}", f"-Wl,-rpath,{libdir}", "-pthread", "-ldl", "-lm"])
 
 
+def version() -> str:
+    """The dsocr version compiled into libdsocr (dsocr_version()): runtime/__init__.py's __version__."""
+    from .. import __version__
+
+    if not re.fullmatch(r"[0-9A-Za-z.+-]+", __version__):
+        raise BuildError(f"dsocr version {__version__!r} cannot be compiled in as a C string")
+    return __version__
+
+
 def find_compiler(cc: str | None = None) -> str:
     cc = cc or os.environ.get("CC") or "cc"
     path = shutil.which(cc)
@@ -62,7 +73,8 @@ def build_library(out_dir: str | Path, cc: str | None = None) -> Path:
     fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{LIBRARY_NAME}.", suffix=".tmp")
     os.close(fd)
     cmd = [find_compiler(cc), "-shared", "-fPIC", "-O2", "-g", "-std=c11", "-fvisibility=hidden", "-Wall",
-           "-Wextra", *cflags, f"-I{HERE}", str(SOURCE), "-o", tmp, *ldflags]
+           "-Wextra", f'-DDSOCR_VERSION_STRING="{version()}"', *cflags, f"-I{HERE}", *map(str, SOURCES), "-o", tmp,
+           *ldflags]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
@@ -73,18 +85,23 @@ def build_library(out_dir: str | Path, cc: str | None = None) -> Path:
     return out / LIBRARY_NAME
 
 
+VENV_ENV = "DSOCR_PYTHON_VENV"  # read by libdsocr when it starts Python (see dsocr.h, FINDING dsocr)
+
+
 def embed_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """`environ` (default os.environ) plus PYTHONHOME / PYTHONPATH that let a libdsocr host started
-    from this interpreter's environment find the same stdlib and the same installed packages: the
-    base prefix, and the sys.path directories outside it (a virtual environment's site-packages).
-    libdsocr itself sets nothing; this is for launching hosts (tests, tools)."""
+    """`environ` (default os.environ) plus what lets a libdsocr host started from this interpreter's
+    environment find the same packages: DSOCR_PYTHON_VENV when this interpreter runs in a virtual
+    environment (its site-packages is added with its .pth files, so editable installs work), and
+    PYTHONPATH for the other sys.path directories outside the base prefix. libdsocr itself sets
+    nothing; this is for launching hosts (tests, tools)."""
     env = dict(os.environ if environ is None else environ)
     base = os.path.realpath(sys.base_prefix)
-    extra = [p for p in sys.path if p and os.path.isdir(p) and not os.path.realpath(p).startswith(base + os.sep)]
-    env["PYTHONHOME"] = sys.base_prefix
-    if sys.prefix != sys.base_prefix:  # a venv: its site-packages becomes the user site, so its .pth files
-        env["PYTHONUSERBASE"] = sys.prefix  # (an editable install's finder) run as they do for the venv's python
-        env.pop("PYTHONNOUSERSITE", None)
+    inside = [base]
+    if sys.prefix != sys.base_prefix:
+        env[VENV_ENV] = sys.prefix
+        inside.append(os.path.realpath(sys.prefix))
+    extra = [p for p in sys.path if p and os.path.isdir(p)
+             and not any(os.path.realpath(p).startswith(root + os.sep) for root in inside)]
     if extra:
         env["PYTHONPATH"] = os.pathsep.join(extra + [env["PYTHONPATH"]] if env.get("PYTHONPATH") else extra)
     return env

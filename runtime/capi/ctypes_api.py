@@ -5,8 +5,9 @@ per call; load it with ctypes.CDLL (which releases the GIL during foreign calls)
 process's libpython must be the shared one the library links (true for the interpreter that built it).
 
     lib = Library(build_library("build"))
-    with lib.model("bundles/small") as model, model.session() as session:
+    with lib.model("bundles/small", max_batch=4) as model, model.session() as session:
         page = session.run_encoded(png_bytes, max_new_tokens=512, on_text=print)
+        for name, jpeg, width, height in page.figures: ...
 """
 from __future__ import annotations
 
@@ -21,37 +22,48 @@ _i32, _sz = ctypes.c_int32, ctypes.c_size_t
 
 
 class ModelOptions(ctypes.Structure):
-    _fields_ = [("struct_size", ctypes.c_size_t), ("device", _s), ("threads", _i32), ("max_seq_len", _i32)]
+    _fields_ = [("struct_size", ctypes.c_size_t), ("device", _s), ("threads", _i32), ("max_seq_len", _i32),
+                ("backend", _s), ("max_batch", _i32)]
 
 
 class RunOptions(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_size_t), ("mode", _s), ("prompt", _s), ("ref", _s),
-                ("max_new_tokens", _i32), ("on_text", TEXT_CALLBACK), ("user_data", ctypes.c_void_p)]
+                ("max_new_tokens", _i32), ("on_text", TEXT_CALLBACK), ("user_data", ctypes.c_void_p),
+                ("ngram_size", _i32), ("ngram_window", _i32), ("max_tiles", _i32), ("loop_detection", _i32),
+                ("figure_prefix", _s)]
 
 
 class Box(ctypes.Structure):
     _fields_ = [("label", _s), ("x1", _i32), ("y1", _i32), ("x2", _i32), ("y2", _i32)]
 
 
+class Figure(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("name", _s), ("data", ctypes.POINTER(ctypes.c_uint8)),
+                ("size", ctypes.c_size_t), ("width", _i32), ("height", _i32)]
+
+
 _SIGNATURES = {  # name: (argtypes, restype)
     "dsocr_api_version": ([], ctypes.c_int),
+    "dsocr_version": ([], _s),
     "dsocr_bundle_format_version": ([], ctypes.c_int),
     "dsocr_last_error": ([], _s),
     "dsocr_status_name": ([ctypes.c_int], _s),
     "dsocr_init": ([], ctypes.c_int),
     "dsocr_model_create": ([_s, ctypes.POINTER(ModelOptions), _pp], ctypes.c_int),
-    "dsocr_model_destroy": ([_p], None),
+    "dsocr_model_destroy": ([_p], ctypes.c_int),
     "dsocr_session_create": ([_p, _pp], ctypes.c_int),
-    "dsocr_session_destroy": ([_p], None),
+    "dsocr_session_destroy": ([_p], ctypes.c_int),
     "dsocr_session_run_encoded": ([_p, _s, _sz, ctypes.POINTER(RunOptions), _pp], ctypes.c_int),
-    "dsocr_session_run_rgb": ([_p, _s, _i32, _i32, _i32, ctypes.POINTER(RunOptions), _pp], ctypes.c_int),
+    "dsocr_session_run_rgb": ([_p, _s, _sz, _i32, _i32, _i32, ctypes.POINTER(RunOptions), _pp], ctypes.c_int),
     "dsocr_result_markdown": ([_p], _s),
     "dsocr_result_raw": ([_p], _s),
     "dsocr_result_stop_reason": ([_p], _s),
     "dsocr_result_token_count": ([_p], _sz),
     "dsocr_result_box_count": ([_p], _sz),
     "dsocr_result_box": ([_p, _sz, ctypes.POINTER(Box)], ctypes.c_int),
-    "dsocr_result_destroy": ([_p], None),
+    "dsocr_result_figure_count": ([_p], _sz),
+    "dsocr_result_figure": ([_p, _sz, ctypes.POINTER(Figure)], ctypes.c_int),
+    "dsocr_result_destroy": ([_p], ctypes.c_int),
 }
 
 
@@ -70,6 +82,7 @@ class Page:
     stop_reason: str
     n_tokens: int
     boxes: list[tuple[str, int, int, int, int]]  # (label, x1, y1, x2, y2)
+    figures: list[tuple[str, bytes, int, int]]  # (name, JPEG bytes, width, height)
 
 
 class Library:
@@ -84,12 +97,19 @@ class Library:
             name = self.lib.dsocr_status_name(status).decode()
             raise DsocrError(status, name, self.lib.dsocr_last_error().decode("utf-8", "replace"))
 
-    def model(self, bundle_dir: str | Path, device: str | None = None, threads: int = 0,
-              max_seq_len: int = 0) -> Model:
-        opts = ModelOptions(ctypes.sizeof(ModelOptions), device.encode() if device else None, threads, max_seq_len)
+    def version(self) -> str:
+        return self.lib.dsocr_version().decode()
+
+    def model(self, bundle_dir: str | Path, device: str | None = None, threads: int = 0, max_seq_len: int = 0,
+              backend: str | None = None, max_batch: int = 0) -> Model:
+        opts = ModelOptions(ctypes.sizeof(ModelOptions), _enc(device), threads, max_seq_len, _enc(backend), max_batch)
         handle = ctypes.c_void_p()
         self.check(self.lib.dsocr_model_create(str(bundle_dir).encode(), ctypes.byref(opts), ctypes.byref(handle)))
         return Model(self, handle)
+
+
+def _enc(s: str | None) -> bytes | None:
+    return s.encode() if s is not None else None
 
 
 class _Handle:
@@ -100,8 +120,8 @@ class _Handle:
 
     def close(self) -> None:
         if self.handle:
-            getattr(self._lib.lib, self._destroy)(self.handle)
-            self.handle = None
+            handle, self.handle = self.handle, None
+            self._lib.check(getattr(self._lib.lib, self._destroy)(handle))
 
     def __enter__(self):
         return self
@@ -126,12 +146,16 @@ class Session(_Handle):
         return self._run("dsocr_session_run_encoded", (data, len(data)), **options)
 
     def run_rgb(self, data: bytes, width: int, height: int, stride: int = 0, **options) -> Page:
-        return self._run("dsocr_session_run_rgb", (data, width, height, stride), **options)
+        return self._run("dsocr_session_run_rgb", (data, len(data), width, height, stride), **options)
 
     def _run(self, fn: str, image: tuple, mode: str | None = None, prompt: str | None = None, ref: str | None = None,
-             max_new_tokens: int = 0, on_text: Callable[[str], object] | None = None) -> Page:
-        enc = lambda s: s.encode() if s is not None else None  # noqa: E731
-        opts = RunOptions(ctypes.sizeof(RunOptions), enc(mode), enc(prompt), enc(ref), max_new_tokens)
+             max_new_tokens: int = 0, on_text: Callable[[str], object] | None = None, ngram_size: int = 0,
+             ngram_window: int = 0, max_tiles: int = 0, loop_detection: int = 0,
+             figure_prefix: str | None = None) -> Page:
+        """Options as in dsocr_run_options: 0 / None mean the default."""
+        opts = RunOptions(ctypes.sizeof(RunOptions), _enc(mode), _enc(prompt), _enc(ref), max_new_tokens,
+                          ngram_size=ngram_size, ngram_window=ngram_window, max_tiles=max_tiles,
+                          loop_detection=loop_detection, figure_prefix=_enc(figure_prefix))
         if on_text is not None:  # kept alive by `opts` for the call
             opts.on_text = TEXT_CALLBACK(lambda piece, _ud: int(bool(on_text(piece.decode("utf-8")))))
         res = ctypes.c_void_p()
@@ -148,5 +172,10 @@ class Session(_Handle):
             b = Box()
             self._lib.check(lib.dsocr_result_box(res, i, ctypes.byref(b)))
             boxes.append((b.label.decode(), b.x1, b.y1, b.x2, b.y2))
+        figures = []
+        for i in range(lib.dsocr_result_figure_count(res)):
+            f = Figure(ctypes.sizeof(Figure))
+            self._lib.check(lib.dsocr_result_figure(res, i, ctypes.byref(f)))
+            figures.append((f.name.decode(), ctypes.string_at(f.data, f.size), f.width, f.height))
         return Page(lib.dsocr_result_markdown(res).decode(), lib.dsocr_result_raw(res).decode(),
-                    lib.dsocr_result_stop_reason(res).decode(), lib.dsocr_result_token_count(res), boxes)
+                    lib.dsocr_result_stop_reason(res).decode(), lib.dsocr_result_token_count(res), boxes, figures)
