@@ -80,5 +80,49 @@ def info(bundle, no_verify) -> None:
     click.echo("files verified (SHA-256)" if not no_verify else "files not verified")
 
 
+@main.command()
+@click.option("--model", "bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Bundle directory (manifest.json, graphs, tokenizer).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--batch", type=click.IntRange(1, None), default=1, show_default=True, help="Decode slots.")
+@click.option("--max-queue", type=click.IntRange(1, None), default=64, show_default=True,
+              help="Requests waiting for a slot; one more is answered 429.")
+@click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
+              help="ONNX Runtime execution provider.")
+@click.option("--threads", type=click.IntRange(1, None), default=None, help="Intra-op threads (default: all cores).")
+@click.option("--served-model-name", default=None, help="The model name clients send (default: the bundle's directory name).")
+@click.option("--request-timeout", type=click.FloatRange(0.001, None), default=600, show_default=True,
+              help="Seconds a request may wait and decode before it is cancelled (504).")
+@click.option("--max-body-mb", type=click.FloatRange(0.01, None), default=32, show_default=True, help="Request body limit.")
+@click.option("--max-pixels", type=click.IntRange(1, None), default=40_000_000, show_default=True,
+              help="Pixels per image, read from its header before decoding.")
+@click.option("--allow-remote-media", is_flag=True, help="Fetch http(s) image URLs (refused by default).")
+@click.option("--allowed-local-media-path", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Allow file:// image URLs under this directory.")
+@click.option("--grace-period", type=click.FloatRange(0, None), default=30, show_default=True,
+              help="On SIGTERM: seconds in-flight requests get to finish.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@library_errors
+def serve(bundle, host, port, batch, max_queue, backend, device, threads, served_model_name, request_timeout,
+          max_body_mb, max_pixels, allow_remote_media, allowed_local_media_path, grace_period, log_level) -> None:
+    """Serve a bundle over an OpenAI-compatible HTTP API (POST /v1/chat/completions; needs the `serve` extra)."""
+    try:
+        from dsocr.serve.options import ServeOptions
+        from dsocr.serve.server import serve as run_server
+    except ImportError as e:
+        raise click.ClickException(f"dsocr serve needs the serve extra: pip install 'dsocr[serve]' ({e})") from e
+
+    opts = ServeOptions(bundle=bundle, host=host, port=port, backend=backend, device=device, threads=threads,
+                        batch=batch, max_queue=max_queue, served_model_name=served_model_name,
+                        request_timeout_s=request_timeout, max_body_bytes=int(max_body_mb * 2**20),
+                        max_pixels=max_pixels, allow_remote_media=allow_remote_media,
+                        allowed_local_media_path=allowed_local_media_path, grace_period_s=grace_period,
+                        log_level=log_level)
+    if run_server(opts) != 0:
+        raise click.ClickException(f"the bundle {bundle} could not be loaded (see the log above)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
