@@ -53,6 +53,9 @@ class ThreadServer:
 
     def start(self, wait_ready: bool = True, timeout: float = 120) -> "ThreadServer":
         self.thread.start()
+        return self.start_wait(wait_ready, timeout)
+
+    def start_wait(self, wait_ready: bool = True, timeout: float = 120) -> "ThreadServer":
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             status, _ = http_get(self.url + "/health")
