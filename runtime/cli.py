@@ -124,5 +124,45 @@ def serve(bundle, host, port, batch, max_queue, backend, device, threads, served
         raise click.ClickException(f"the bundle {bundle} could not be loaded (see the log above)")
 
 
+@main.command("ray-run")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--model", "bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Bundle directory; every node must see it at this path.")
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out"), show_default=True,
+              help="Output directory (the same files as `dsocr run`; on a filesystem every node sees). Resumes if re-run.")
+@click.option("--ray", "address", default="auto", show_default=True,
+              help="Ray cluster: auto (the running cluster), ray://HOST:PORT, or local (start one here).")
+@click.option("--actors", type=click.IntRange(1, None), default=1, show_default=True, help="OCR actors (one Pipeline each).")
+@click.option("--num-cpus", type=click.FloatRange(0, None), default=None, help="CPUs per actor.")
+@click.option("--num-gpus", type=click.FloatRange(0, None), default=None, help="GPUs per actor.")
+@click.option("--batch", type=click.IntRange(1, None), default=1, show_default=True, help="Decode slots per actor.")
+@click.option("--batch-size", type=click.IntRange(1, None), default=4, show_default=True, help="Pages per map_batches call.")
+@click.option("--mode", type=click.Choice(MODE_NAMES, case_sensitive=False), default=None)
+@click.option("--prompt", default="document", show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, None), default=8192, show_default=True)
+@click.option("--ngram-size", type=click.IntRange(0, None), default=20, show_default=True)
+@click.option("--ngram-window", type=click.IntRange(1, None), default=50, show_default=True)
+@click.option("--dpi", type=click.FloatRange(36, 600), default=144, show_default=True)
+@click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(1, None), default=None, help="Intra-op threads per actor.")
+@click.option("--quiet", is_flag=True, help="No Ray progress bars.")
+@library_errors
+def ray_run(inputs, bundle, out, address, actors, num_cpus, num_gpus, batch, batch_size, mode, prompt, max_new_tokens,
+            ngram_size, ngram_window, dpi, backend, device, threads, quiet) -> None:
+    """OCR INPUTS on a Ray cluster into OUT, the same files as `dsocr run` (needs the `ray` extra)."""
+    from dsocr.ray.job import run_job
+
+    ocr = dict(bundle=str(Path(bundle).resolve()), mode=mode, backend=backend, batch=batch, prompt=prompt,
+               max_new_tokens=max_new_tokens, ngram_size=ngram_size, ngram_window=ngram_window, device=device,
+               threads=threads)
+    s = run_job(inputs, out, ocr, address=None if address == "local" else address, actors=actors,
+                batch_size=batch_size, dpi=dpi, num_cpus=num_cpus, num_gpus=num_gpus, progress=not quiet)
+    click.echo(f"{s.done} page(s) done, {s.skipped} already done, {s.failed} failed in {s.seconds:.1f} s -> {out}")
+    if s.failed:
+        click.echo(f"see {out / 'errors.jsonl'}", err=True)
+        click.get_current_context().exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
