@@ -16,9 +16,9 @@ boxes in page pixels), stop_reason, n_tokens, error ("" when none), status (done
 `run_job` is the `dsocr ray-run` job: the same per-page files as `dsocr run`, resumable.
 """
 from .ocr import OcrPages
-from .pages import list_sources, pages_of
+from .pages import list_pages, list_sources, pages_of
 
-__all__ = ["OcrPages", "list_sources", "pages_of", "run_job"]
+__all__ = ["OcrPages", "list_pages", "list_sources", "pages_of", "run_job"]
 
 
 def __getattr__(name):

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 from dsocr.runtime.batch import ERRORS_FILE, remove_stale_temp
 from dsocr.runtime.errors import BackendUnavailableError, InputError
 
-from .pages import NO_PAGE, list_sources, pages_of
+from .pages import NO_PAGE, list_pages, list_sources, pages_of
 
 
 @dataclass
@@ -47,13 +47,14 @@ def _record_error(out_dir: Path, row: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def build_dataset(sources: list[str], ocr_kwargs: dict[str, Any], dpi: float, out_dir: str | None,
+def build_dataset(pages: list[dict[str, Any]], ocr_kwargs: dict[str, Any], dpi: float, out_dir: str | None,
                   actors: int, batch_size: int, num_cpus: float | None, num_gpus: float | None):
-    """The Ray Data pipeline (lazy): one row per page with OcrPages' columns."""
+    """The Ray Data pipeline (lazy) over list_pages rows: one row per page with OcrPages' columns.
+    Pages are spread over many blocks so that every actor gets work even from one long PDF."""
     from .ocr import OcrPages
 
     ray = _ray()
-    ds = ray.data.from_items([{"path": s} for s in sources], override_num_blocks=max(1, len(sources)))
+    ds = ray.data.from_items(pages, override_num_blocks=max(1, min(len(pages), max(64, 8 * actors))))
     ds = ds.flat_map(pages_of, fn_kwargs={"dpi": dpi, "out_dir": out_dir})
     resources = {k: v for k, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus)) if v is not None}
     return ds.map_batches(OcrPages, fn_constructor_kwargs={**ocr_kwargs, "out_dir": out_dir},
@@ -81,7 +82,17 @@ def run_job(inputs: Iterable[str | Path], out_dir: str | Path, ocr_kwargs: dict[
     ray.data.DataContext.get_current().enable_progress_bars = progress
     t0 = time.perf_counter()
     summary, seen = JobSummary(), set()
-    ds = build_dataset(sources, dict(ocr_kwargs), dpi, str(out), actors, batch_size, num_cpus, num_gpus)
+    todo = []
+    for page in list_pages(sources):
+        if (out / f"{page['stem']}.md").exists():
+            summary.skipped += 1
+            seen.add(page["stem"])
+        else:
+            todo.append(page)
+    if not todo:
+        summary.seconds = time.perf_counter() - t0
+        return summary
+    ds = build_dataset(todo, dict(ocr_kwargs), dpi, str(out), actors, batch_size, num_cpus, num_gpus)
     for row in ds.iter_rows():
         if row["stem"] in seen:  # Ray retries whole tasks, never re-emits rows; this keeps it so
             continue

@@ -18,6 +18,13 @@ from dsocr.runtime.pdf import DEFAULT_DPI
 NO_PAGE = -1
 
 
+def list_pages(sources: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Files -> {"path", "page", "stem"} rows, one per PDF page (the driver opens each PDF to count
+    its pages; a PDF that will not open stays one row, page -1, and becomes an error row later)."""
+    return [{"path": str(item.source), "page": NO_PAGE if item.page is None else item.page, "stem": item.stem}
+            for item in iter_inputs(sources)]
+
+
 def list_sources(paths: Iterable[str | Path]) -> list[str]:
     """Files and directories -> the image and PDF files, as `dsocr run` takes them (a directory: its
     supported files sorted by name, not recursive, hidden ones skipped). Opens nothing."""
@@ -45,12 +52,16 @@ def _png(image) -> bytes:
 
 
 def pages_of(row: dict[str, Any], dpi: float = DEFAULT_DPI, out_dir: str | None = None) -> list[dict[str, Any]]:
-    """{"path": file} -> one row per page. A file that cannot be read (a corrupt PDF, an unsupported
-    file) gives one error row instead of failing the job; pages whose `<stem>.md` is already in
-    out_dir are "skipped" rows without an image."""
+    """{"path": file} -> one row per page ({"path": pdf, "page": i} -> that page only). A file that
+    cannot be read (a corrupt PDF, an unsupported file) gives one error row instead of failing the
+    job; pages whose `<stem>.md` is already in out_dir are "skipped" rows without an image."""
     path = Path(row.get("path") or row["source"])
+    page = row.get("page")
     try:
-        items = list(iter_inputs([path]))
+        if page is not None and int(page) != NO_PAGE:
+            items = [WorkItem(path, int(page))]
+        else:
+            items = list(iter_inputs([path]))
     except InputError as e:
         return [_row(WorkItem(path), error=f"{type(e).__name__}: {e}", status="error")]
     rows = []

@@ -63,3 +63,39 @@ def test_boxes_in_page_pixels(grounded, sample_page):
     assert final.model_extra["dsocr"]["boxes"] == ext["boxes"]
     plain = grounded.chat.completions.create(model="g", messages=messages(url))
     assert "dsocr" not in (plain.model_extra or {})  # only when asked
+
+
+class EndlessPipeline(GroundedPipeline):
+    """generate() streams until the engine cancels it (on_text raises), like a page that never ends."""
+
+    def generate(self, image, options, on_text=None):
+        import time
+
+        while True:
+            on_text("x")
+            time.sleep(0.01)
+
+
+def test_request_timeout_is_504_and_frees_the_slot(demo_bundle, sample_page):
+    from conftest import http_get
+    from dsocr.serve.options import ServeOptions
+
+    srv = ThreadServer(ServeOptions(bundle=demo_bundle, port=free_port(), served_model_name="g", request_timeout_s=1),
+                       loader=lambda opts: BatchEngine(EndlessPipeline(opts.bundle)).start()).start()
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=60)
+        url = data_url(Path(sample_page).read_bytes())
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(model="g", messages=messages(url))
+        assert err.value.status_code == 504 and err.value.body["code"] == "timeout"
+        with pytest.raises(openai.APIError, match="longer than 1 s"):  # the stream's error event
+            list(client.chat.completions.create(model="g", messages=messages(url), stream=True))
+        import time
+
+        t0 = time.monotonic()
+        while srv.state.engine.stats().active and time.monotonic() - t0 < 10:
+            time.sleep(0.05)
+        assert srv.state.engine.stats().active == 0
+        assert b'dsocr_requests_total{status="504"} 2.0' in http_get(srv.url + "/metrics")[1]
+    finally:
+        srv.stop()

@@ -98,3 +98,10 @@ def test_options_are_validated(tmp_path):
                 {"allowed_local_media_path": tmp_path / "nope"}):
         with pytest.raises(InputError):
             ServeOptions(bundle=tmp_path, **bad)
+
+
+def test_serve_exits_1_when_the_bundle_does_not_load(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "dsocr.runtime.cli", "serve", "--model", str(tmp_path), "--port", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "could not be loaded" in out.stderr and "manifest" in out.stderr.lower()
