@@ -92,10 +92,12 @@ def info(bundle, no_verify) -> None:
 @click.option("--device", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
               help="ONNX Runtime execution provider.")
 @click.option("--threads", type=click.IntRange(1, None), default=None, help="Intra-op threads (default: all cores).")
-@click.option("--served-model-name", default=None, help="The model name clients send (default: the bundle's directory name).")
+@click.option("--served-model-name", default=None,
+              help="The model name clients send (default: the bundle's directory name).")
 @click.option("--request-timeout", type=click.FloatRange(0.001, None), default=600, show_default=True,
               help="Seconds a request may wait and decode before it is cancelled (504).")
-@click.option("--max-body-mb", type=click.FloatRange(0.01, None), default=32, show_default=True, help="Request body limit.")
+@click.option("--max-body-mb", type=click.FloatRange(0.01, None), default=32, show_default=True,
+              help="Request body limit.")
 @click.option("--max-pixels", type=click.IntRange(1, None), default=40_000_000, show_default=True,
               help="Pixels per image, read from its header before decoding.")
 @click.option("--allow-remote-media", is_flag=True, help="Fetch http(s) image URLs (refused by default).")
@@ -103,7 +105,8 @@ def info(bundle, no_verify) -> None:
               help="Allow file:// image URLs under this directory.")
 @click.option("--grace-period", type=click.FloatRange(0, None), default=30, show_default=True,
               help="On SIGTERM: seconds in-flight requests get to finish.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
 @library_errors
 def serve(bundle, host, port, batch, max_queue, backend, device, threads, served_model_name, request_timeout,
           max_body_mb, max_pixels, allow_remote_media, allowed_local_media_path, grace_period, log_level) -> None:
@@ -129,14 +132,16 @@ def serve(bundle, host, port, batch, max_queue, backend, device, threads, served
 @click.option("--model", "bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Bundle directory; every node must see it at this path.")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out"), show_default=True,
-              help="Output directory (the same files as `dsocr run`; on a filesystem every node sees). Resumes if re-run.")
+              help="Output directory: the same files as `dsocr run`, on a filesystem every node sees. Resumes.")
 @click.option("--ray", "address", default="auto", show_default=True,
               help="Ray cluster: auto (the running cluster), ray://HOST:PORT, or local (start one here).")
-@click.option("--actors", type=click.IntRange(1, None), default=1, show_default=True, help="OCR actors (one Pipeline each).")
+@click.option("--actors", type=click.IntRange(1, None), default=1, show_default=True,
+              help="OCR actors (one Pipeline each).")
 @click.option("--num-cpus", type=click.FloatRange(0, None), default=None, help="CPUs per actor.")
 @click.option("--num-gpus", type=click.FloatRange(0, None), default=None, help="GPUs per actor.")
 @click.option("--batch", type=click.IntRange(1, None), default=1, show_default=True, help="Decode slots per actor.")
-@click.option("--batch-size", type=click.IntRange(1, None), default=4, show_default=True, help="Pages per map_batches call.")
+@click.option("--batch-size", type=click.IntRange(1, None), default=4, show_default=True,
+              help="Pages per map_batches call.")
 @click.option("--mode", type=click.Choice(MODE_NAMES, case_sensitive=False), default=None)
 @click.option("--prompt", default="document", show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(1, None), default=8192, show_default=True)

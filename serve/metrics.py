@@ -22,7 +22,8 @@ class _EngineCollector:
             "dsocr_queue_depth": ("pages waiting for a decode slot", st.queued if st else 0),
             "dsocr_active_slots": ("decode slots busy now", st.active if st else 0),
             "dsocr_slots": ("decode slots (--batch)", st.slots if st else 0),
-            "dsocr_tokens_per_second": ("generated tokens per second of engine busy time", st.tokens_per_s if st else 0.0),
+            "dsocr_tokens_per_second": ("generated tokens per second of engine busy time",
+                                        st.tokens_per_s if st else 0.0),
             "dsocr_ready": ("1 when the bundle is loaded", 1 if st else 0),
         }
         for name, (doc, value) in gauges.items():

@@ -98,7 +98,8 @@ def test_template_name_and_official_prompt_text_are_the_same_request(client, pag
 
 
 def test_streamed_completion_equals_the_plain_one(client, page_png):
-    kw = dict(model=MODEL, messages=messages(data_url(page_png)), max_tokens=6, extra_body={"skip_special_tokens": False})
+    kw = dict(model=MODEL, messages=messages(data_url(page_png)), max_tokens=6,
+              extra_body={"skip_special_tokens": False})
     plain = client.chat.completions.create(**kw)
     chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

@@ -27,7 +27,8 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(demo_bundle, sample_pa
             assert proc.poll() is None and time.monotonic() - t0 < 180, "server did not become ready"
             time.sleep(0.2)
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=180)
-        stream = client.chat.completions.create(model="demo", messages=messages(data_url(open(sample_page, "rb").read())),
+        page = data_url(open(sample_page, "rb").read())
+        stream = client.chat.completions.create(model="demo", messages=messages(page),
                                                 max_tokens=40, stream=True, stream_options={"include_usage": True},
                                                 extra_body={"vllm_xargs": {"ngram_size": 0}})
         chunks = iter(stream)
