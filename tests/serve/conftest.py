@@ -1,4 +1,5 @@
-"""A dsocr server on 127.0.0.1 (a free port) in a thread of the test process, over the demo bundle."""
+"""A dsocr server on 127.0.0.1 (a free port) in a thread of the test process, over the demo bundle.
+Nothing heavy is imported here: the test modules skip themselves without the serve extra or openai."""
 from __future__ import annotations
 
 import socket
@@ -6,10 +7,6 @@ import threading
 import time
 
 import pytest
-
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-pytest.importorskip("openai")
 
 
 def http_get(url: str, timeout: float = 10) -> tuple[int | None, bytes]:

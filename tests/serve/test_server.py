@@ -15,6 +15,8 @@ from PIL import Image
 
 from conftest import http_get
 
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
 from dsocr.runtime.decoding import GenerationOptions  # noqa: E402
