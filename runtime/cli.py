@@ -176,5 +176,94 @@ def info(bundle, no_verify) -> None:
     click.echo("files verified (SHA-256)" if not no_verify else "files not verified")
 
 
+@main.command()
+@click.option("--model", "bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Bundle directory (manifest.json, graphs, tokenizer).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--batch", type=click.IntRange(1, None), default=1, show_default=True, help="Decode slots.")
+@click.option("--max-queue", type=click.IntRange(1, None), default=64, show_default=True,
+              help="Requests waiting for a slot; one more is answered 429.")
+@click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
+              help="ONNX Runtime execution provider.")
+@click.option("--threads", type=click.IntRange(1, None), default=None, help="Intra-op threads (default: all cores).")
+@click.option("--served-model-name", default=None,
+              help="The model name clients send (default: the bundle's directory name).")
+@click.option("--request-timeout", type=click.FloatRange(0.001, None), default=600, show_default=True,
+              help="Seconds a request may wait and decode before it is cancelled (504).")
+@click.option("--max-body-mb", type=click.FloatRange(0.01, None), default=32, show_default=True,
+              help="Request body limit.")
+@click.option("--max-pixels", type=click.IntRange(1, None), default=40_000_000, show_default=True,
+              help="Pixels per image, read from its header before decoding.")
+@click.option("--allow-remote-media", is_flag=True, help="Fetch http(s) image URLs (refused by default).")
+@click.option("--allowed-local-media-path", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Allow file:// image URLs under this directory.")
+@click.option("--grace-period", type=click.FloatRange(0, None), default=30, show_default=True,
+              help="On SIGTERM: seconds in-flight requests get to finish.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+@library_errors
+def serve(bundle, host, port, batch, max_queue, backend, device, threads, served_model_name, request_timeout,
+          max_body_mb, max_pixels, allow_remote_media, allowed_local_media_path, grace_period, log_level) -> None:
+    """Serve a bundle over an OpenAI-compatible HTTP API (POST /v1/chat/completions; needs the `serve` extra)."""
+    try:
+        from dsocr.serve.options import ServeOptions
+        from dsocr.serve.server import serve as run_server
+    except ImportError as e:
+        raise click.ClickException(f"dsocr serve needs the serve extra: pip install 'dsocr[serve]' ({e})") from e
+
+    opts = ServeOptions(bundle=bundle, host=host, port=port, backend=backend, device=device, threads=threads,
+                        batch=batch, max_queue=max_queue, served_model_name=served_model_name,
+                        request_timeout_s=request_timeout, max_body_bytes=int(max_body_mb * 2**20),
+                        max_pixels=max_pixels, allow_remote_media=allow_remote_media,
+                        allowed_local_media_path=allowed_local_media_path, grace_period_s=grace_period,
+                        log_level=log_level)
+    if run_server(opts) != 0:
+        raise click.ClickException(f"the bundle {bundle} could not be loaded (see the log above)")
+
+
+@main.command("ray-run")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--model", "bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Bundle directory; every node must see it at this path.")
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out"), show_default=True,
+              help="Output directory: the same files as `dsocr run`, on a filesystem every node sees. Resumes.")
+@click.option("--ray", "address", default="auto", show_default=True,
+              help="Ray cluster: auto (the running cluster), ray://HOST:PORT, or local (start one here).")
+@click.option("--actors", type=click.IntRange(1, None), default=1, show_default=True,
+              help="OCR actors (one Pipeline each).")
+@click.option("--num-cpus", type=click.FloatRange(0, None), default=None, help="CPUs per actor.")
+@click.option("--num-gpus", type=click.FloatRange(0, None), default=None, help="GPUs per actor.")
+@click.option("--batch", type=click.IntRange(1, None), default=1, show_default=True, help="Decode slots per actor.")
+@click.option("--batch-size", type=click.IntRange(1, None), default=4, show_default=True,
+              help="Pages per map_batches call.")
+@click.option("--mode", type=click.Choice(MODE_NAMES, case_sensitive=False), default=None)
+@click.option("--prompt", default="document", show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, None), default=8192, show_default=True)
+@click.option("--ngram-size", type=click.IntRange(0, None), default=20, show_default=True)
+@click.option("--ngram-window", type=click.IntRange(1, None), default=50, show_default=True)
+@click.option("--dpi", type=click.FloatRange(36, 600), default=144, show_default=True)
+@click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(1, None), default=None, help="Intra-op threads per actor.")
+@click.option("--quiet", is_flag=True, help="No Ray progress bars.")
+@library_errors
+def ray_run(inputs, bundle, out, address, actors, num_cpus, num_gpus, batch, batch_size, mode, prompt, max_new_tokens,
+            ngram_size, ngram_window, dpi, backend, device, threads, quiet) -> None:
+    """OCR INPUTS on a Ray cluster into OUT, the same files as `dsocr run` (needs the `ray` extra)."""
+    from dsocr.ray.job import run_job
+
+    ocr = dict(bundle=str(Path(bundle).resolve()), mode=mode, backend=backend, batch=batch, prompt=prompt,
+               max_new_tokens=max_new_tokens, ngram_size=ngram_size, ngram_window=ngram_window, device=device,
+               threads=threads)
+    s = run_job(inputs, out, ocr, address=None if address == "local" else address, actors=actors,
+                batch_size=batch_size, dpi=dpi, num_cpus=num_cpus, num_gpus=num_gpus, progress=not quiet)
+    click.echo(f"{s.done} page(s) done, {s.skipped} already done, {s.failed} failed in {s.seconds:.1f} s -> {out}")
+    if s.failed:
+        click.echo(f"see {out / 'errors.jsonl'}", err=True)
+        click.get_current_context().exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -49,7 +49,7 @@ def test_installs_only_existing_extras(name, optional_deps):
 
 
 def test_expected_extras_and_entry_points():
-    assert extras_installed("runtime") == {"ort"}
+    assert extras_installed("runtime") == {"ort", "serve"}
     assert extras_installed("datacenter") == {"export", "trt", "ort-gpu"}
     assert extras_installed("jetson") == {"trt"}
     entry = {n: dict(instructions(n))["ENTRYPOINT"] for n in IMAGES}
