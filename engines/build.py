@@ -8,7 +8,8 @@ a bundle's builds is loaded and saved when given. Progress goes through an IProg
 
 engines.json (written last; read by dsocr.runtime.backends.trt):
   format, format_version, dsocr_version, tensorrt_version, gpu {name, compute_capability},
-  past_pad, bundle {modes, manifest_sha256},
+  past_pad, batch {slots, pages, prefill_chunk} (what the profiles admit: decode B = 1..slots, vision
+  1..pages views, prefill T per call <= prefill_chunk or null), bundle {modes, manifest_sha256},
   plans {graph key: {file, sha256, bytes, onnx {file, sha256}, profile_names, profiles}}
   where profiles is a list of {input: [min, opt, max]} in profile-index order.
 """
@@ -185,6 +186,8 @@ def build_engines(bundle_dir: str | Path, out_dir: str | Path | None = None,
         "format": ENGINES_FORMAT, "format_version": ENGINES_FORMAT_VERSION, "dsocr_version": __version__,
         "tensorrt_version": trt.__version__, "gpu": {"name": gpu_name, "compute_capability": cc},
         "past_pad": PAST_PAD,
+        "batch": {"slots": options.profiles.slots, "pages": options.profiles.pages,
+                  "prefill_chunk": options.profiles.prefill_chunk},
         "bundle": {"modes": manifest.modes, "manifest_sha256": sha256_file(bundle / MANIFEST_NAME)},
         "plans": plans,
     }

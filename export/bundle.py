@@ -20,7 +20,7 @@ from dsocr.runtime.prompts import PROMPTS, split_prompt
 from dsocr.runtime.tokenizer import Tokenizer
 
 from .model.ocr import DeepseekOCR
-from .onnx_export import export_decoder, export_embed, export_vision
+from .onnx_export import export_decoder, export_decoder_step, export_embed, export_vision
 
 LAYOUT_FILE = "layout.npz"
 TOKENIZER_FILE = "tokenizer.json"
@@ -66,6 +66,9 @@ def _write_graphs(model: DeepseekOCR, stage: Path, sizes: list[int], bar) -> dic
     bar.set_description("export decoder")
     graphs["decoder"] = export_decoder(model, stage / "decoder.onnx")
     bar.update()
+    bar.set_description("export decoder step")
+    graphs["decoder_step"] = export_decoder_step(model, stage / "decoder_step.onnx")
+    bar.update()
     return graphs
 
 
@@ -92,7 +95,7 @@ def build_bundle(checkpoint: str | Path, out_dir: str | Path, options: BuildOpti
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        with tqdm(total=len(sizes) + 3, disable=not options.progress, unit="graph") as bar:
+        with tqdm(total=len(sizes) + 4, disable=not options.progress, unit="graph") as bar:
             graphs = _write_graphs(model, stage, sizes, bar)
         shutil.copyfile(tok_path, stage / TOKENIZER_FILE)
         np.savez(stage / LAYOUT_FILE, image_newline=model.model.image_newline.float().numpy(),

@@ -78,6 +78,10 @@ def test_weight_only_graphs_use_matmul_nbits(variants):
         by_name = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in nbits}
         assert {b for name, b in by_name.items() if "lm_head" not in name} == {bits}
         assert [b for name, b in by_name.items() if "lm_head" in name] == [8]
+        # the fast CPU path (int8 activations); level 0 is 3-150x slower at one token
+        levels = {next((a.i for a in n.attribute if a.name == "accuracy_level"), 0) for n in nbits}
+        assert levels == {4}, (precision, levels)
+        assert read_manifest(variants[precision]).source["precision_detail"]["decoder"]["accuracy_level"] == 4
     embed = onnx.load(str(variants["int4-weight"] / "embed.onnx"))
     assert [n.op_type for n in embed.graph.node] == ["GatherBlockQuantized"]
 
