@@ -9,9 +9,11 @@ in fp32 with its measured score on the calibration feeds.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import onnx
+from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 from tqdm import tqdm
 
 from dsocr.runtime.errors import InputError
@@ -26,9 +29,10 @@ from dsocr.runtime.manifest import (MANIFEST_NAME, GraphSpec, Manifest, file_ent
                                     write_manifest)
 
 from .feeds import Feed, Feeds, bundle_feeds
-from .groups import group_of, last_layer_groups, num_decoder_layers
+from .groups import always_fp32, group_of, last_layer_groups, num_decoder_layers, weighted_nodes
+from .moe import lower_to_qmoe
 from .pages import page_set_hash, synthetic_pages
-from .precision import ACCURACY_LEVEL, fp16_forced_nodes, load_with_shapes, to_fp16, weight_only
+from .precision import ACCURACY_LEVEL, fp16_forced_nodes, load_structure, load_with_shapes, to_fp16, weight_only
 from .qdq import assert_qdq_symmetric, qdq_summary, quantizable, quantize_int8, restore_fp32, save_model
 from .sensitivity import Probe, Selection, select_fp32_groups
 from .stats import (METHODS, CalibrationCache, CalibrationKey, activation_ranges, graph_digest, repair_ranges,
@@ -283,17 +287,53 @@ def _int8(ctx: _Context, name: str, spec: GraphSpec, stage: Path) -> dict:
     return {**info, "lm_head_router": "fp32", **qdq_summary(model), **sel.as_dict()}
 
 
+@contextlib.contextmanager
+def _working_dir(path: Path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def weight_only_file(src: Path, bits: int, block_size: int, gather: bool, qmoe: bool = False) -> onnx.ModelProto:
+    """weight_only() of the graph at `src` without ever holding its fp32 weights: the MatMul weights to
+    pack stay external and MatMulNBitsQuantizer (onnx_ir) reads them one at a time, resolving their
+    location against the working directory (set to the graph's folder meanwhile; not thread-safe).
+    Peak = the packed graph + the weights kept fp32 + one fp32 weight (full size int4: ~4 GiB, not 16).
+    qmoe: first lower the decode-step graph's routed-expert scopes to QMoE (calibration.moe)."""
+    model = load_structure(src)
+    if qmoe:
+        lower_to_qmoe(model, bits, block_size, src.parent)
+    lazy = {w for w in weighted_nodes(model.graph).values() if not always_fp32(w) or "lm_head" in w}
+    for t in model.graph.initializer:
+        if t.name not in lazy and uses_external_data(t):
+            load_external_data_for_tensor(t, str(src.parent))
+            t.data_location = onnx.TensorProto.DEFAULT
+            del t.external_data[:]
+    with _working_dir(src.parent):
+        model = weight_only(model, bits, block_size, lm_head_bits=8, gather=gather, accuracy_level=ACCURACY_LEVEL)
+    left = [t.name for t in model.graph.initializer if uses_external_data(t)]
+    if left:
+        raise InputError(f"{src.name}: weights left unread after quantizing: {left[:4]}")
+    return model
+
+
 def _weight_only(bits: int):
     def lower(ctx: _Context, name: str, spec: GraphSpec, stage: Path) -> dict:
         gather = spec.role == "embed"  # only the token table: vision position tables stay fp32
         if gather and bits != 4:  # GatherBlockQuantized packs 4 bits only
             return _fp16(ctx, name, spec, stage)
-        model = weight_only(load_with_shapes(ctx.src / spec.file), bits, ctx.options.block_size,
-                            lm_head_bits=8, gather=gather, accuracy_level=ACCURACY_LEVEL)
+        qmoe = spec.role == "decoder_step"  # gathered experts cannot be MatMulNBits: QMoE packs them
+        model = weight_only_file(ctx.src / spec.file, bits, ctx.options.block_size, gather, qmoe)
         _save(model, stage / spec.file, ctx.external(spec))
         opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-        return {"bits": bits, "opset": opset, "block_size": ctx.options.block_size, "symmetric": True,
+        info = {"bits": bits, "opset": opset, "block_size": ctx.options.block_size, "symmetric": True,
                 "accuracy_level": ACCURACY_LEVEL, "lm_head": "8-bit weights, fp32 compute", "router_gates": "fp32"}
+        if qmoe:
+            info["routed_experts"] = f"com.microsoft.QMoE, {bits}-bit blocks of {ctx.options.block_size}"
+        return info
 
     return lower
 

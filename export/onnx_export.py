@@ -7,6 +7,7 @@ parser_support.py); size-dependent tables are frozen to constants before tracing
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 import warnings
 from pathlib import Path
@@ -16,6 +17,7 @@ import onnx
 import torch
 from torch import nn
 
+from dsocr.calibration.moe import META_KEY as MOE_META_KEY
 from dsocr.runtime.manifest import GraphSpec, TensorSpec
 from dsocr.runtime.modes import DOWNSAMPLE, PATCH
 
@@ -63,7 +65,7 @@ def kv_names(num_layers: int, prefix: str) -> list[str]:
 
 
 def _save(module: nn.Module, args: tuple, path: Path, names_in, names_out, dynamic_axes,
-          rename: Callable[[str], str]) -> None:
+          rename: Callable[[str], str], metadata: dict[str, str] | None = None) -> None:
     """Trace the structure only (parameters as inputs), then attach the weights streaming; graphs
     whose weights exceed EXTERNAL_DATA_THRESHOLD keep them in one `<graph>.onnx.data` file."""
     params = dict(module.named_parameters())
@@ -78,6 +80,7 @@ def _save(module: nn.Module, args: tuple, path: Path, names_in, names_out, dynam
         proto = onnx.load(str(raw))
     big = sum(t.numel() * 4 for t in params.values()) > EXTERNAL_DATA_THRESHOLD
     attach_weights(proto, params, rename, path.with_name(path.name + ".data") if big else None)
+    onnx.helper.set_model_props(proto, metadata or {})
     onnx.save_model(proto, str(path))
 
 
@@ -151,8 +154,14 @@ def export_decoder(model: DeepseekOCR, path: Path, formulation: str = PREFILL_FO
            "attention_mask": {0: "batch", 2: "seq", 3: "total"}, "logits": {0: "batch"}}
     dyn.update({k: {0: "batch", 1: "past"} for k in past})
     dyn.update({k: {0: "batch", 1: "seq"} for k in present})
+    meta = {}
+    if formulation == "gather":  # how the routed scopes route (calibration/moe.py lowers them to QMoE)
+        meta[MOE_META_KEY] = json.dumps({"scope": "mlp/routed", "top_k": cfg.num_experts_per_tok,
+                                         "norm_topk_prob": cfg.norm_topk_prob,
+                                         "routed_scaling_factor": cfg.routed_scaling_factor,
+                                         "experts": cfg.n_routed_experts})
     with moe_formulation(model, formulation):
-        _save(_Decoder(model), args, path, names_in, names_out, dyn, _strip("model."))
+        _save(_Decoder(model), args, path, names_in, names_out, dyn, _strip("model."), meta)
     kv = lambda name, s: TensorSpec(name, "float32", ["batch", s, h, hd])  # noqa: E731
     return GraphSpec(
         role=role, file=path.name,

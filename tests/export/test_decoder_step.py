@@ -1,6 +1,7 @@
 """The decode-step decoder graph (MoE "gather": TopK + Gather of the selected experts' stacked
 weights) equals the prefill graph (MoE "sparse") and reproduces the golden fixture's decode steps."""
 import dataclasses
+import json
 
 import numpy as np
 import onnx
@@ -54,13 +55,20 @@ def _rel(got, ref):
     return float(np.abs(got - ref).max() / np.abs(ref).max())
 
 
-def test_manifest_names_the_step_graph(bundle):
+def test_manifest_names_the_step_graph(bundle, fixture_dir):
     m = read_manifest(bundle)
     step, dec = m.graphs["decoder_step"], m.graphs["decoder"]
     assert (step.role, step.file, dec.role) == ("decoder_step", "decoder_step.onnx", "decoder")
     assert step.inputs == dec.inputs and step.outputs == dec.outputs
-    ops = {n.op_type for n in onnx.load(str(bundle / step.file), load_external_data=False).graph.node}
+    graph = onnx.load(str(bundle / step.file), load_external_data=False).graph
+    ops = {n.op_type for n in graph.node}
     assert "TopK" in ops and not ops & {"NonZero", "ScatterND"}  # no data-dependent shapes
+    stacks = {t.name: list(t.dims) for t in graph.initializer if ".mlp.stack_" in t.name}
+    cfg = json.loads((fixture_dir / "config.json").read_text())
+    e, d, i = cfg["n_routed_experts"], cfg["hidden_size"], cfg["moe_intermediate_size"]
+    assert stacks["model.layers.1.mlp.stack_gate"] == [e, d, i] and stacks["model.layers.1.mlp.stack_down"] == [e, i, d]
+    assert not [n.name for n in graph.node if n.op_type == "Constant" and ".mlp" in n.name
+                and any(a.t.dims and a.t.dims[0] == e for a in n.attribute)]  # weights are initializers
     assert "NonZero" in {n.op_type for n in onnx.load(str(bundle / dec.file), load_external_data=False).graph.node}
 
 
@@ -117,7 +125,7 @@ def test_gather_formulation_in_torch_equals_sparse():
     keys = set(moe.state_dict())
     moe.formulation = "gather"
     got = moe(x)
-    assert set(moe.state_dict()) == keys  # stacks are not checkpoint keys
+    assert set(moe.state_dict()) - keys == {"stack_gate", "stack_up", "stack_down"}  # official keys stay
     assert float((got - ref).abs().max() / ref.abs().max()) <= REL
     moe.experts[2].up_proj.weight.mul_(2)  # experts are views into the stacks: both formulations see it
     assert torch.allclose(moe.stack_up[2], moe.experts[2].up_proj.weight.t())
