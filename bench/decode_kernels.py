@@ -37,10 +37,12 @@ from dsocr.export.onnx_export import export_decoder  # noqa: E402
 from dsocr.runtime.config import ModelConfig  # noqa: E402
 
 
-def reduced_model(hidden: int, expert: int, layers: int, vocab: int) -> DeepseekOCR:
-    cfg = dict(DEMO_CONFIG, hidden_size=hidden, moe_intermediate_size=expert, intermediate_size=4 * hidden,
+def reduced_model(hidden: int, expert: int, layers: int, vocab: int, heads: int | None = None,
+                  dense: int | None = None) -> DeepseekOCR:
+    heads = heads or max(1, hidden // 64)  # head dim 64 (the real model: 10 heads of 128)
+    cfg = dict(DEMO_CONFIG, hidden_size=hidden, moe_intermediate_size=expert, intermediate_size=dense or 4 * hidden,
                num_hidden_layers=layers, n_routed_experts=64, num_experts_per_tok=6, n_shared_experts=2,
-               num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, vocab_size=vocab)
+               num_attention_heads=heads, num_key_value_heads=heads, vocab_size=vocab)
     cfg["projector_config"] = dict(cfg["projector_config"], n_embed=hidden)
     torch.manual_seed(0)
     model = DeepseekOCR(ModelConfig.from_dict(cfg)).eval().requires_grad_(False)
@@ -104,13 +106,15 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--expert", type=int, default=64)
     ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--heads", type=int, help="default hidden / 64 (the real model: 10)")
+    ap.add_argument("--dense", type=int, help="the dense layer's FFN width (default 4 x hidden; real 6848)")
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--past", type=int, default=128)
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--batch", type=int, nargs="*", default=[1, 4])
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    model = reduced_model(a.hidden, a.expert, a.layers, a.vocab)
+    model = reduced_model(a.hidden, a.expert, a.layers, a.vocab, a.heads, a.dense)
     rng = np.random.default_rng(0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,6 +144,8 @@ def main() -> None:
                       f"err {r['logits_error_vs_sparse_fp32']:.1e}", flush=True)
     result = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
               "config": {"hidden": a.hidden, "expert": a.expert, "layers": a.layers, "experts": 64, "top_k": 6,
+                         "heads": model.config.decoder.num_attention_heads,
+                         "dense_ffn": model.config.decoder.intermediate_size,
                          "vocab": a.vocab, "past": a.past, "threads": 2, "onnxruntime": ort.__version__},
               "rows": rows}
     if a.json:

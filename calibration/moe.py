@@ -28,7 +28,7 @@ from onnx import helper, numpy_helper
 from dsocr.runtime.errors import InputError
 
 META_KEY = "dsocr.moe"  # written by export/onnx_export.py on decode-step graphs
-SCOPE = re.compile(r"^(?P<mlp>/.*/mlp)/routed/")
+SCOPE = re.compile(r"^(?P<mlp>(/.*)?/mlp)/routed/")
 STACKS = ("stack_gate", "stack_up", "stack_down")
 MS_DOMAIN = "com.microsoft"
 
