@@ -3,14 +3,15 @@ counts (64 experts, top-6, 12 layers, 2 shared) with reduced widths (hidden 256,
 it runs in little memory; kernel counts depend on the graph's structure, not its widths.
 
     python bench/decode_kernels.py [--hidden 256] [--expert 64] [--layers 12] [--steps 16]
-                                   [--batch 1 4] [--json bench/results/decode_kernels.json]
+                                   [--batch 1 4 8] [--json bench/results/decode_kernels.json]
 
 For each formulation (sparse: the prefill graph, what every step ran before; gather: the decode-step
 graph) and precision (fp32; int4-weight through the shipped calibration.variants.weight_only_file:
 MatMulNBits only, where the gathered experts stay fp32, and "(QMoE)", what the int4-weight variant
 ships for the decode-step graph: routed experts as one com.microsoft.QMoE per layer):
 graph nodes, kernels per decode step (ORT profiler, after 2 warm-up steps), kernels on empty tensors,
-mean step time, and the logits' error against the sparse fp32 graph (max |d| / max |ref|).
+best step time of --steps (an unprofiled session), and the logits' error against the sparse fp32
+graph (max |d| / max |ref|). Graphs are kept in --workdir and reused by a later run.
 
 Letters: B sequences (slots), T new tokens, P cached tokens, D hidden, V vocab.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -63,34 +65,40 @@ def feeds(model: DeepseekOCR, batch: int, past: int, rng) -> dict[str, np.ndarra
     return f
 
 
-def profile(path: Path, feed: dict, steps: int, prefix: str) -> dict:
+def session(path: Path, profile_prefix: str | None = None):
+    """One CPU session, 2 intra-op threads; ORT's profiler on when profile_prefix is given."""
     so = ort.SessionOptions()
-    so.enable_profiling, so.profile_file_prefix = True, prefix
     so.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    walls, logits = [], None
-    for _ in range(steps):
-        t = time.perf_counter()
-        logits = sess.run(["logits"], feed)[0]
-        walls.append(time.perf_counter() - t)
+    if profile_prefix:
+        so.enable_profiling, so.profile_file_prefix = True, profile_prefix
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def kernels_per_step(sess, feeds_by_batch: dict, steps: int) -> dict:
+    """Kernels per decode step per batch from one profiled session (runs grouped by batch)."""
+    order = []
+    for batch, feed in feeds_by_batch.items():
+        for _ in range(steps):
+            sess.run(["logits"], feed)
+            order.append(batch)
     runs, kernels = load_events(sess.end_profiling())
-    per = split_by_run(runs, kernels)[2:]
-    return {"kernels_per_step": float(np.mean([len(k) for k in per])),
-            "empty_kernels_per_step": float(np.mean([sum(_empty(x) for x in k) for k in per])),
-            "step_ms_profiled": float(np.mean(walls[2:]) * 1e3), "logits": logits}
+    per = split_by_run(runs, kernels)
+    out = {}
+    for batch in feeds_by_batch:
+        ks = [k for k, b in zip(per, order) if b == batch][2:]  # after 2 warm-up steps
+        out[batch] = (float(np.mean([len(k) for k in ks])), float(np.mean([sum(_empty(x) for x in k) for k in ks])))
+    return out
 
 
-def timed(path: Path, feed: dict, steps: int) -> float:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    sess.run(["logits"], feed)
+def timed(sess, feed: dict, steps: int) -> tuple[float, np.ndarray]:
+    """Best step time (ms) of `steps` runs after one warm-up, and the logits."""
+    logits = sess.run(["logits"], feed)[0]
     best = float("inf")
     for _ in range(steps):
         t = time.perf_counter()
         sess.run(["logits"], feed)
         best = min(best, time.perf_counter() - t)
-    return best * 1e3
+    return best * 1e3, logits
 
 
 def int4(src: Path, dst: Path, qmoe: bool) -> None:
@@ -111,42 +119,52 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--past", type=int, default=128)
     ap.add_argument("--steps", type=int, default=16)
-    ap.add_argument("--batch", type=int, nargs="*", default=[1, 4])
+    ap.add_argument("--batch", type=int, nargs="*", default=[1, 4, 8])
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--workdir", type=Path, help="where the graphs are kept (default build/bench-decode-kernels-*)")
     a = ap.parse_args()
     model = reduced_model(a.hidden, a.expert, a.layers, a.vocab, a.heads, a.dense)
     rng = np.random.default_rng(0)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        graphs = {}
-        for form in ("sparse", "gather"):
-            p = Path(tmp) / f"{form}.onnx"
+    feeds_by_batch = {b: feeds(model, b, a.past, rng) for b in a.batch}
+    work = a.workdir or Path(__file__).resolve().parents[1] / "build" / (
+        f"bench-decode-kernels-h{a.hidden}-e{a.expert}-L{a.layers}-v{a.vocab}-H{model.config.decoder.num_attention_heads}")
+    work.mkdir(parents=True, exist_ok=True)  # graphs are made once per config and reused
+    graphs = {}
+    for form in ("sparse", "gather"):
+        p = work / f"{form}.onnx"
+        if not p.is_file():
             export_decoder(model, p, form)
-            graphs[(form, "fp32")] = p
-            for qmoe in (False, True) if form == "gather" else (False,):
-                q = Path(tmp) / f"{form}-int4{'-qmoe' * qmoe}.onnx"
+        graphs[(form, "fp32")] = p
+        for qmoe in (False, True) if form == "gather" else (False,):
+            q = work / f"{form}-int4{'-qmoe' * qmoe}.onnx"
+            if not q.is_file():
                 int4(p, q, qmoe)
-                graphs[(form, "int4-weight" + " (QMoE)" * qmoe)] = q
-        for batch in a.batch:
-            feed = feeds(model, batch, a.past, rng)
-            ref = None
-            for (form, prec), path in graphs.items():
-                nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
-                r = profile(path, feed, a.steps, str(Path(tmp) / f"prof_{form}_{prec}_{batch}"))
-                logits = r.pop("logits")
-                ref = logits if ref is None else ref
-                r.update(formulation=form, precision=prec, batch=batch, nodes=nodes,
-                         step_ms=timed(path, feed, a.steps),
-                         logits_error_vs_sparse_fp32=float(np.abs(logits - ref).max() / np.abs(ref).max()))
+            graphs[(form, "int4-weight" + " (QMoE)" * qmoe)] = q
+    rows, ref = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for (form, prec), path in graphs.items():
+            nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
+            counts = kernels_per_step(session(path, str(Path(tmp) / f"prof_{form}_{prec[:4]}")), feeds_by_batch,
+                                      a.steps)
+            plain = session(path)  # one session at a time: memory stays at one graph's weights
+            for batch, feed in feeds_by_batch.items():
+                ms, logits = timed(plain, feed, a.steps)
+                ref.setdefault(batch, logits)  # the sparse fp32 graph comes first
+                r = {"formulation": form, "precision": prec, "batch": batch, "nodes": nodes,
+                     "kernels_per_step": counts[batch][0], "empty_kernels_per_step": counts[batch][1],
+                     "step_ms": ms, "logits_error_vs_sparse_fp32":
+                     float(np.abs(logits - ref[batch]).max() / np.abs(ref[batch]).max())}
                 rows.append(r)
                 print(f"B={batch} {form:<7} {prec:<19} nodes {nodes:6d}  kernels/step {r['kernels_per_step']:8.0f} "
-                      f"(empty {r['empty_kernels_per_step']:6.0f})  step {r['step_ms']:7.2f} ms  "
+                      f"(empty {r['empty_kernels_per_step']:6.0f})  step {ms:7.2f} ms  "
                       f"err {r['logits_error_vs_sparse_fp32']:.1e}", flush=True)
+            del plain
     result = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
               "config": {"hidden": a.hidden, "expert": a.expert, "layers": a.layers, "experts": 64, "top_k": 6,
                          "heads": model.config.decoder.num_attention_heads,
                          "dense_ffn": model.config.decoder.intermediate_size,
-                         "vocab": a.vocab, "past": a.past, "threads": 2, "onnxruntime": ort.__version__},
+                         "vocab": a.vocab, "past": a.past, "threads": 2, "onnxruntime": ort.__version__,
+                         "load_average_at_end": os.getloadavg()[0], "cpus": os.cpu_count()},
               "rows": rows}
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
