@@ -82,7 +82,7 @@ def best_of(runs: list[dict]) -> dict:
 
 
 def run_pass(backends: list[str], paths: dict, workdir: Path, a, k: int) -> tuple[dict, dict]:
-    """Encoders: eager, and ORT once (every variant runs the same fp32 vision graphs); then the decode
+    """Encoders: eager, and ORT once (the fp32 vision graphs); then the decode
     phase of each backend, all prefilling the same image embeddings (ORT's if measured, else eager's)."""
     enc, dec = {}, {}
     full = not a.layers
@@ -188,7 +188,7 @@ def table(results: dict) -> tuple[list[str], dict]:
         bws += f"{cl['bandwidth_gbs']:>10.1f}"
         pct += f"{100 * d / cl['tokens_per_s']:>9.1f}%"
     lines += [line, bws]
-    lines += [pct, "(encoders: ORT measured once; every variant runs the same fp32 vision graphs)"]
+    lines += [pct, "(encoders: ORT measured once, on the fp32 vision graphs)"]
     return lines, ratios
 
 
@@ -233,7 +233,7 @@ def main() -> None:
     say(f"{platform.processor() or platform.machine()}, {psutil.cpu_count(logical=False)} physical cores, "
         f"{psutil.virtual_memory().total / GIB:.0f} GiB RAM, load {os.getloadavg()[0]:.1f}; workdir {workdir}")
     variants = tuple(int(b[3:]) for b in backends if b in ("int8", "int4"))
-    paths = fullsize_prepare.ensure_all(workdir, a.layers, variants, "decoder")
+    paths = fullsize_prepare.ensure_all(workdir, a.layers, variants)
     if a.prepare_only:
         return
     say("memory bandwidth")

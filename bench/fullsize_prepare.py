@@ -4,9 +4,10 @@
                    safetensors in 1 GiB shards (loaded to fp32: peak = fp32 model + one shard), and
                    the demo byte-level tokenizer at the real vocabulary size
     bundle-fp32/   `build_bundle` for modes tiny, small, base, gundam
-    bundle-int8/   weight-only int8 / int4 of every MatMul with a constant weight (MatMulNBits, block
-    bundle-int4/   32, symmetric, accuracy_level 4) except the MoE routers (fp32); the lm_head is 8-bit in
-                   both; the other files are hard-linked
+    bundle-int8/   the shipped int8-weight / int4-weight variants (calibration.variants.build_variant,
+    bundle-int4/   as `dsocr-export build --precision`): MatMulNBits (block 32, symmetric, accuracy_level 4)
+                   except the MoE routers (fp32), lm_head 8-bit, decode-step experts on QMoE, vision
+                   int8-weight
 
 Each step runs in its own subprocess (`python bench/fullsize_prepare.py STEP ...`) so that its memory
 is returned before the next starts. A step is complete when its marker file exists.
@@ -14,9 +15,7 @@ is returned before the next starts. A step is complete when its marker file exis
 from __future__ import annotations
 
 import argparse
-import collections
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,10 +25,6 @@ from pathlib import Path
 MODES = ("tiny", "small", "base", "gundam")
 MAX_SEQ_LEN = 2048  # Gundam page prompt (~930) + 256 decoded tokens fit
 SHARD_BYTES = 1 << 30
-BLOCK_SIZE = 32
-ACCURACY_LEVEL = 4  # int8 activations inside MatMulNBits: the fast CPU path (level 0 is 3-150x slower at M=1)
-ROUTER = ".mlp.gate.weight"  # MoE router weights stay fp32 (routing decisions are precision-sensitive)
-HEAD_BITS = 8  # the lm_head: 8-bit weights in the int4 variant too (as calibration's weight-only rule)
 DONE = ".complete"
 
 
@@ -108,84 +103,14 @@ def make_bundle(ckpt: Path, out: Path) -> None:
                  source="bench rule-weight checkpoint (real sizes)")
 
 
-def quantize_graph(src: Path, dst: Path, bits: int) -> dict:
-    """One graph -> weight-only int`bits` (MatMulNBits); returns the weighted MatMul counts by kind.
+def make_variant(fp32: Path, out: Path, bits: int) -> None:
+    """The shipped int`bits`-weight variant (calibration.variants.build_variant, what
+    `dsocr-export build --precision int{bits}-weight` runs): MatMulNBits at accuracy_level 4, decode-step
+    routed experts on QMoE, vision int8-weight, weights read one at a time (lean path)."""
+    from dsocr.calibration.variants import PrecisionOptions, build_variant
 
-    Memory: the weights to quantize stay external and are read one at a time (onnx_ir resolves their
-    location against the working directory, set to the source's); only the other initializers are
-    loaded. Peak = the quantized graph + one fp32 weight, not the fp32 graph.
-    """
-    import logging
-
-    import onnx
-    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
-    model = onnx.load(str(src), load_external_data=False)
-    inits = {t.name for t in model.graph.initializer}
-    matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
-    keep = [n.name for n in matmuls if ROUTER in n.input[1]]
-    lazy = {n.input[1] for n in matmuls if n.name not in keep}
-    for t in model.graph.initializer:
-        if t.name not in lazy and uses_external_data(t):
-            load_external_data_for_tensor(t, str(src.parent))
-            t.data_location = onnx.TensorProto.DEFAULT
-            del t.external_data[:]
-    heads = [n.name for n in matmuls if "lm_head" in n.input[1]] if bits != HEAD_BITS else []
-    passes = [dict(bits=bits, nodes_to_exclude=keep + heads)]
-    if heads:  # the lm_head at HEAD_BITS; routers excluded again (nodes_to_include alone would not)
-        passes.append(dict(bits=HEAD_BITS, nodes_to_exclude=keep, nodes_to_include=heads, op_types_to_quantize=()))
-    cwd = os.getcwd()
-    os.chdir(src.parent)
-    try:
-        for kw in passes:
-            q = MatMulNBitsQuantizer(model, block_size=BLOCK_SIZE, is_symmetric=True, accuracy_level=ACCURACY_LEVEL,
-                                     **kw)
-            q.process()
-            model = q.model.model
-    finally:
-        os.chdir(cwd)
-    left = [t.name for t in q.model.model.graph.initializer if uses_external_data(t)]
-    if left:
-        raise RuntimeError(f"{src.name}: initializers still external after quantizing: {left[:4]}")
-    for f in (dst, dst.with_name(dst.name + ".data")):
-        f.unlink(missing_ok=True)
-    q.model.save_model_to_file(str(dst), use_external_data_format=True)  # weights in <graph>.onnx.data
-    ops = collections.Counter(
-        f"{n.op_type}{next((f'/{a.i}' for a in n.attribute if a.name == 'bits'), '')}" for n in model.graph.node
-        if n.op_type in ("MatMul", "MatMulNBits") and (n.op_type == "MatMulNBits" or n.input[1] in inits))
-    return dict(ops)
-
-
-def make_variant(fp32: Path, out: Path, bits: int, graphs: str) -> None:
-    """A bundle whose decoder (and vision graphs if graphs == 'all') are weight-only int`bits`."""
-    from dataclasses import replace
-
-    from dsocr.runtime.manifest import file_entries, read_manifest, write_manifest
-
-    m = read_manifest(fp32, verify_files=False)
-    stage = out.with_name(out.name + ".partial")
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    specs, report = dict(m.graphs), {}
-    for name, spec in m.graphs.items():
-        if spec.role == "decoder" or (graphs == "all" and spec.role == "vision"):
-            t = time.time()
-            print(f"  int{bits}: quantizing {spec.file} ...", flush=True)
-            report[name] = quantize_graph(fp32 / spec.file, stage / spec.file, bits)
-            print(f"  int{bits}: {spec.file} {report[name]} in {time.time() - t:.0f} s", flush=True)
-            specs[name] = replace(spec, precision=f"int{bits}-weights")
-    for f in fp32.iterdir():  # everything not rewritten: hard links (no extra disk)
-        if f.name != "manifest.json" and not f.name.startswith(".") and not (stage / f.name).exists():
-            os.link(f, stage / f.name)
-    names = sorted(p.name for p in stage.iterdir())
-    source = dict(m.source, weight_only={"bits": bits, "block_size": BLOCK_SIZE, "symmetric": True,
-                                         "accuracy_level": ACCURACY_LEVEL, "graphs": graphs, "nodes": report})
-    write_manifest(stage, replace(m, precision=f"int{bits}-weights", graphs=specs,
-                                  files=file_entries(stage, names), source=source))
-    shutil.rmtree(out, ignore_errors=True)
-    stage.rename(out)
+    build_variant(fp32, out, f"int{bits}-weight",
+                  options=PrecisionOptions(sensitivity=False, overwrite=True, progress=True))
 
 
 def _done(path: Path) -> bool:
@@ -204,7 +129,7 @@ def run_step(argv: list[str]) -> None:
     print(f"  step {argv[0]} done in {time.time() - t:.0f} s", flush=True)
 
 
-def ensure_all(workdir: Path, layers: int | None, variants: tuple[int, ...], vision_graphs: str) -> dict[str, Path]:
+def ensure_all(workdir: Path, layers: int | None, variants: tuple[int, ...]) -> dict[str, Path]:
     """Build what is missing; -> {"ckpt": dir, "fp32": bundle, "int8": bundle, ...}."""
     paths = {"ckpt": workdir / "ckpt", "fp32": workdir / "bundle-fp32"}
     paths.update({f"int{b}": workdir / f"bundle-int{b}" for b in variants})
@@ -219,11 +144,11 @@ def ensure_all(workdir: Path, layers: int | None, variants: tuple[int, ...], vis
         run_step(["bundle", str(paths["ckpt"]), str(paths["fp32"])])
     for b in variants:
         p = paths[f"int{b}"]
-        if _done(p) and json.loads((p / DONE).read_text()).get("graphs") != vision_graphs:
-            shutil.rmtree(p)
+        if _done(p) and json.loads((p / DONE).read_text()).get("shipped") is not True:
+            shutil.rmtree(p)  # made by an earlier, private quantizer
         if not _done(p):
-            print(f"[prepare] weight-only int{b} bundle -> {p}", flush=True)
-            run_step(["variant", str(paths["fp32"]), str(p), "--bits", str(b), "--graphs", vision_graphs])
+            print(f"[prepare] int{b}-weight bundle (shipped variant) -> {p}", flush=True)
+            run_step(["variant", str(paths["fp32"]), str(p), "--bits", str(b)])
     return paths
 
 
@@ -233,7 +158,6 @@ def main() -> None:
     ap.add_argument("paths", nargs="+", type=Path)
     ap.add_argument("--layers", type=int)
     ap.add_argument("--bits", type=int, choices=(4, 8))
-    ap.add_argument("--graphs", choices=("decoder", "all"), default="decoder")
     a = ap.parse_args()
     t = time.time()
     if a.step == "checkpoint":
@@ -243,8 +167,8 @@ def main() -> None:
         make_bundle(a.paths[0], a.paths[1])
         _mark(a.paths[1], {"seconds": time.time() - t})
     else:
-        make_variant(a.paths[0], a.paths[1], a.bits, a.graphs)
-        _mark(a.paths[1], {"seconds": time.time() - t, "graphs": a.graphs})
+        make_variant(a.paths[0], a.paths[1], a.bits)
+        _mark(a.paths[1], {"seconds": time.time() - t, "shipped": True})
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ from .groups import FP32_SCOPES, always_fp32, group_of, last_layer_groups, weigh
 from .stats import quiet_ort
 
 FP32_OPS = ("Softmax", "TopK")  # attention / router softmax as the official code (.float()), routing
+# MatMulNBits accuracy_level 4: int8 activations inside the kernel, ORT's fast CPU path (level 0, fp32
+# activations, is 3-150x slower at M=1: bench/fullsize_prepare.py); what the shipped variants use
+ACCURACY_LEVEL = 4
 
 
 def load_structure(path: str | Path) -> onnx.ModelProto:
@@ -154,9 +157,9 @@ def _drop_dead_casts(graph) -> None:
 # -- weight-only ------------------------------------------------------------------------------------
 
 def weight_only(model: onnx.ModelProto, bits: int, block_size: int = 32, lm_head_bits: int | None = 8,
-                gather: bool = False) -> onnx.ModelProto:
-    """MatMul weights -> `bits`-bit symmetric blocks (MatMulNBits); router gates stay fp32; the
-    lm_head gets `lm_head_bits` (None: fp32); gather=True also packs Gather tables (4 bits only)."""
+                gather: bool = False, accuracy_level: int = ACCURACY_LEVEL) -> onnx.ModelProto:
+    """MatMul weights -> `bits`-bit symmetric blocks (MatMulNBits, `accuracy_level`); router gates stay
+    fp32; the lm_head gets `lm_head_bits` (None: fp32); gather=True also packs Gather tables (4 bits only)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     keep = {n: w for n, w in weighted_nodes(model.graph).items() if always_fp32(w)}
@@ -164,14 +167,16 @@ def weight_only(model: onnx.ModelProto, bits: int, block_size: int = 32, lm_head
     ops = ("MatMul", "Gather") if gather else ("MatMul",)
     with quiet_ort():
         q = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
-                                 nodes_to_exclude=sorted(keep), op_types_to_quantize=ops,
+                                 accuracy_level=accuracy_level, nodes_to_exclude=sorted(keep),
+                                 op_types_to_quantize=ops,
                                  quant_axes=(("MatMul", 0), ("Gather", 1)))
         q.process()
         model = q.model.model
         if heads and lm_head_bits:
             # pass 1 turned every other weighted MatMul into MatMulNBits: excluding the gates leaves the heads
             q = MatMulNBitsQuantizer(model, bits=lm_head_bits, block_size=block_size, is_symmetric=True,
-                                     nodes_to_exclude=sorted(set(keep) - set(heads)), op_types_to_quantize=("MatMul",))
+                                     accuracy_level=accuracy_level, nodes_to_exclude=sorted(set(keep) - set(heads)),
+                                     op_types_to_quantize=("MatMul",))
             q.process()
             model = q.model.model
     return model

@@ -9,9 +9,11 @@ in fp32 with its measured score on the calibration feeds.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import onnx
+from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 from tqdm import tqdm
 
 from dsocr.runtime.errors import InputError
@@ -26,9 +29,10 @@ from dsocr.runtime.manifest import (MANIFEST_NAME, GraphSpec, Manifest, file_ent
                                     replace_dir, write_manifest)
 
 from .feeds import Feed, Feeds, bundle_feeds
-from .groups import group_of, last_layer_groups, num_decoder_layers
+from .groups import always_fp32, group_of, last_layer_groups, num_decoder_layers, weighted_nodes
+from .moe import lower_to_qmoe
 from .pages import page_set_hash, synthetic_pages
-from .precision import fp16_forced_nodes, load_with_shapes, to_fp16, weight_only
+from .precision import ACCURACY_LEVEL, fp16_forced_nodes, load_structure, load_with_shapes, to_fp16, weight_only
 from .qdq import assert_qdq_symmetric, qdq_summary, quantizable, quantize_int8, restore_fp32, save_model
 from .sensitivity import Probe, Selection, select_fp32_groups
 from .stats import (METHODS, CalibrationCache, CalibrationKey, activation_ranges, graph_digest, repair_ranges,
@@ -61,8 +65,12 @@ PRECISIONS = {
     # int4 vision weights cost too much (demo: image-feature cosine 0.967); the decoder holds the bytes
     "int4-weight": {"vision": "int8-weight", "embed": "int4-weight", "decoder": "int4-weight"},
 }
+for _roles in PRECISIONS.values():  # the decode-step decoder (MoE "gather") is lowered as the decoder
+    _roles["decoder_step"] = _roles["decoder"]
+DECODER_ROLES = ("decoder", "decoder_step")
+STEP_FEED_TOKENS = 1  # calibration feeds of a decoder_step graph: the decoder's feeds with T <= this
 PRECISION_NAMES = tuple(PRECISIONS)
-PROBE_OUTPUT = {"vision": "image_features", "decoder": "logits"}
+PROBE_OUTPUT = {"vision": "image_features", "decoder": "logits", "decoder_step": "logits"}
 
 
 @dataclass(frozen=True)
@@ -142,11 +150,15 @@ class _Context:
         return self.calib.pages_hash
 
     def feeds(self, graph: str) -> list[Feed]:
+        spec = self.manifest.graphs.get(graph)
+        if spec is not None and spec.role == "decoder_step":  # the decode steps the prefill graph saw
+            return [f for f in self.calib.feeds("decoder", self.say)
+                    if f["inputs_embeds"].shape[1] <= STEP_FEED_TOKENS]
         return self.calib.feeds(graph, self.say)
 
     def key(self, name: str, spec: GraphSpec, what: str) -> CalibrationKey:
         shas = [self.manifest.files[f]["sha256"] for f in (spec.file, spec.file + ".data") if f in self.manifest.files]
-        feeds = f"steps={self.options.decoder_steps};prompt=document" if spec.role == "decoder" else ""
+        feeds = f"steps={self.options.decoder_steps};prompt=document" if spec.role in DECODER_ROLES else ""
         return CalibrationKey(graph_digest(shas), "+".join(self.manifest.modes), what, self.pages_hash, feeds)
 
     def keep_last(self, graph) -> int:
@@ -173,7 +185,7 @@ def _save(model: onnx.ModelProto, path: Path, external: bool) -> None:
 def _select(ctx: _Context, name: str, spec: GraphSpec, kind: str, groups: list[str], forced: set[str],
             build: Callable[[set[str]], Path]) -> Selection:
     opts = ctx.options
-    threshold = opts.decoder_threshold if spec.role == "decoder" else opts.vision_threshold
+    threshold = opts.decoder_threshold if spec.role in DECODER_ROLES else opts.vision_threshold
     key = ctx.key(name, spec, opts.method if kind == "int8" else "none")
     tag = hashlib.sha256(json.dumps([kind, sorted(groups), sorted(forced), threshold, opts.max_fp32_fraction,
                                      opts.probe_feeds, opts.sensitivity]).encode()).hexdigest()[:12]
@@ -203,11 +215,12 @@ def _copy(ctx: _Context, name: str, spec: GraphSpec, stage: Path) -> dict:
 def _fp16(ctx: _Context, name: str, spec: GraphSpec, stage: Path) -> dict:
     src = ctx.src / spec.file
     structure = onnx.load(str(src), load_external_data=False)
-    forced_nodes = fp16_forced_nodes(structure.graph, spec.role, ctx.keep_last(structure.graph))
+    role = "decoder" if spec.role in DECODER_ROLES else spec.role
+    forced_nodes = fp16_forced_nodes(structure.graph, role, ctx.keep_last(structure.graph))
     node_groups: dict[str, list[str]] = {}
     for n in structure.graph.node:
         node_groups.setdefault(group_of(n.name), []).append(n.name)
-    forced = last_layer_groups(structure.graph, ctx.keep_last(structure.graph)) if spec.role == "decoder" else set()
+    forced = last_layer_groups(structure.graph, ctx.keep_last(structure.graph)) if role == "decoder" else set()
     groups = sorted(g for g, ns in node_groups.items() if g != "(graph)" and not set(ns) <= forced_nodes)
 
     def build(fp32_groups: set[str], out: Path = ctx.work / "candidate.onnx") -> Path:
@@ -220,7 +233,7 @@ def _fp16(ctx: _Context, name: str, spec: GraphSpec, stage: Path) -> dict:
         return {"fp32_nodes": 0}
     sel = _select(ctx, name, spec, "fp16", groups, forced, build)
     build(set(sel.fp32_groups), stage / spec.file)
-    return {"fp32_scopes": "RMSNorm, lm_head, router gates, Softmax/TopK" if spec.role == "decoder" else "Softmax/TopK",
+    return {"fp32_scopes": "RMSNorm, lm_head, router gates, Softmax/TopK" if role == "decoder" else "Softmax/TopK",
             **sel.as_dict()}
 
 
@@ -252,7 +265,8 @@ def _int8(ctx: _Context, name: str, spec: GraphSpec, stage: Path) -> dict:
     node_groups: dict[str, list[str]] = {}
     for n in quantizable(structure.graph):
         node_groups.setdefault(group_of(n), []).append(n)
-    forced = last_layer_groups(structure.graph, ctx.keep_last(structure.graph)) if spec.role == "decoder" else set()
+    forced = (last_layer_groups(structure.graph, ctx.keep_last(structure.graph)) if spec.role in DECODER_ROLES
+              else set())
     range_file, info = _int8_ranges(ctx, name, spec, structure.graph, node_groups)
     everything = ctx.work / f"{name}.all-int8.onnx"
     quantize_int8(src, everything, range_file, ctx.options.method, [n for ns in node_groups.values() for n in ns],
@@ -273,17 +287,53 @@ def _int8(ctx: _Context, name: str, spec: GraphSpec, stage: Path) -> dict:
     return {**info, "lm_head_router": "fp32", **qdq_summary(model), **sel.as_dict()}
 
 
+@contextlib.contextmanager
+def _working_dir(path: Path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def weight_only_file(src: Path, bits: int, block_size: int, gather: bool, qmoe: bool = False) -> onnx.ModelProto:
+    """weight_only() of the graph at `src` without ever holding its fp32 weights: the MatMul weights to
+    pack stay external and MatMulNBitsQuantizer (onnx_ir) reads them one at a time, resolving their
+    location against the working directory (set to the graph's folder meanwhile; not thread-safe).
+    Peak = the packed graph + the weights kept fp32 + one fp32 weight (full size int4: ~4 GiB, not 16).
+    qmoe: first lower the decode-step graph's routed-expert scopes to QMoE (calibration.moe)."""
+    model = load_structure(src)
+    if qmoe:
+        lower_to_qmoe(model, bits, block_size, src.parent)
+    lazy = {w for w in weighted_nodes(model.graph).values() if not always_fp32(w) or "lm_head" in w}
+    for t in model.graph.initializer:
+        if t.name not in lazy and uses_external_data(t):
+            load_external_data_for_tensor(t, str(src.parent))
+            t.data_location = onnx.TensorProto.DEFAULT
+            del t.external_data[:]
+    with _working_dir(src.parent):
+        model = weight_only(model, bits, block_size, lm_head_bits=8, gather=gather, accuracy_level=ACCURACY_LEVEL)
+    left = [t.name for t in model.graph.initializer if uses_external_data(t)]
+    if left:
+        raise InputError(f"{src.name}: weights left unread after quantizing: {left[:4]}")
+    return model
+
+
 def _weight_only(bits: int):
     def lower(ctx: _Context, name: str, spec: GraphSpec, stage: Path) -> dict:
         gather = spec.role == "embed"  # only the token table: vision position tables stay fp32
         if gather and bits != 4:  # GatherBlockQuantized packs 4 bits only
             return _fp16(ctx, name, spec, stage)
-        model = weight_only(load_with_shapes(ctx.src / spec.file), bits, ctx.options.block_size,
-                            lm_head_bits=8, gather=gather)
+        qmoe = spec.role == "decoder_step"  # gathered experts cannot be MatMulNBits: QMoE packs them
+        model = weight_only_file(ctx.src / spec.file, bits, ctx.options.block_size, gather, qmoe)
         _save(model, stage / spec.file, ctx.external(spec))
         opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-        return {"bits": bits, "opset": opset, "block_size": ctx.options.block_size, "symmetric": True,
-                "lm_head": "8-bit weights, fp32 compute", "router_gates": "fp32"}
+        info = {"bits": bits, "opset": opset, "block_size": ctx.options.block_size, "symmetric": True,
+                "accuracy_level": ACCURACY_LEVEL, "lm_head": "8-bit weights, fp32 compute", "router_gates": "fp32"}
+        if qmoe:
+            info["routed_experts"] = f"com.microsoft.QMoE, {bits}-bit blocks of {ctx.options.block_size}"
+        return info
 
     return lower
 

@@ -49,12 +49,19 @@ def check(bundle: Path, warnings: bool) -> None:
               help="2: separate decode and prefill profiles; 1: one profile for both.")
 @click.option("--max-prompt", type=click.IntRange(1, None), default=None,
               help="Longest prefill the decoder plan admits (default: the bundle's max_seq_len).")
+@click.option("--slots", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Sequences one decode step advances (decode profiles admit batch 1..slots).")
+@click.option("--pages", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Pages whose views one vision call takes (vision profiles admit a page batch).")
+@click.option("--prefill-chunk", type=click.IntRange(1, None), default=None,
+              help="Most new tokens per prefill call (default: --max-prompt); longer prompts go in chunks.")
 @click.option("--no-timing-cache", is_flag=True, help="Do not load or save <out>/timing.cache.")
 @click.option("--if-stale", is_flag=True,
               help="Do nothing when the engines already fit this TensorRT, this GPU and the bundle's graphs.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @library_errors
-def build(bundle, out, workspace_gb, decoder_profiles, max_prompt, no_timing_cache, if_stale, quiet) -> None:
+def build(bundle, out, workspace_gb, decoder_profiles, max_prompt, slots, pages, prefill_chunk, no_timing_cache,
+          if_stale, quiet) -> None:
     """Build a strongly typed TensorRT plan for every graph of BUNDLE and write engines.json."""
     from .build import EngineBuildOptions, build_engines, engines_current
     from .profiles import ProfileOptions
@@ -64,7 +71,8 @@ def build(bundle, out, workspace_gb, decoder_profiles, max_prompt, no_timing_cac
         return
 
     opts = EngineBuildOptions(workspace_gb=workspace_gb, timing_cache=not no_timing_cache, progress=not quiet,
-                              profiles=ProfileOptions(decoder_profiles=int(decoder_profiles), max_prompt=max_prompt))
+                              profiles=ProfileOptions(decoder_profiles=int(decoder_profiles), max_prompt=max_prompt,
+                                                      slots=slots, pages=pages, prefill_chunk=prefill_chunk))
     record = build_engines(bundle, out, opts)
     gpu = record["gpu"]
     click.echo(f"built {len(record['plans'])} plan(s) with TensorRT {record['tensorrt_version']} for "

@@ -7,7 +7,9 @@ a bundle's builds is loaded and saved when given. Progress goes through an IProg
 (TensorRT >= 10.0) drawing tqdm bars; without one the build is silent.
 
 engines.json (written last; read by dsocr.runtime.backends.trt): the typed EnginesRecord of
-dsocr.runtime.engines_file (its schema, limits and layout are documented there).
+dsocr.runtime.engines_file (its schema, limits and layout are documented there), including
+batch {slots, pages, prefill_chunk}: what the profiles admit (decode B = 1..slots, vision 1..pages
+views, prefill T per call <= prefill_chunk or null).
 """
 from __future__ import annotations
 
@@ -196,7 +198,9 @@ def build_engines(bundle_dir: str | Path, out_dir: str | Path | None = None,
                                build_seconds=round(time.perf_counter() - t0, 1))
     record = EnginesRecord(tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=cc, plans=plans,
                            past_pad=PAST_PAD, dsocr_version=__version__,
-                           bundle={"modes": manifest.modes, "manifest_sha256": manifest_sha})
+                           bundle={"modes": manifest.modes, "manifest_sha256": manifest_sha},
+                           batch={"slots": options.profiles.slots, "pages": options.profiles.pages,
+                                  "prefill_chunk": options.profiles.prefill_chunk})
     write_engines(out, record)
     _list_engines(bundle, out, [ENGINES_NAME, *(p.file for p in plans.values())])
     return record.to_dict()

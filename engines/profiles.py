@@ -1,18 +1,25 @@
 """Optimization profiles for a bundle's graphs, derived from the mode registry and the manifest.
 
-Letters: B batch, T new tokens, P cached tokens, S = max_seq_len (the KV cache length).
+Letters: B batch (sequences / slots, or views), T new tokens, P cached tokens, S = max_seq_len (the
+KV cache length), N = slots (sequences decoded together), G = pages whose views go in one vision call.
 A profile maps every input of a graph to its (min, opt, max) shapes; the symbolic dims of the
-manifest's TensorSpecs (batch, seq, past, total) are filled from one DimRange each.
+manifest's TensorSpecs (batch, seq, past, total) are filled from one DimRange each; an input with a
+symbolic dim no rule covers is refused (InputError), so a new layout fails here, not in TensorRT.
 
-* vision_{S}: batch 1..1, except the tile graph (the tile size of a crop mode in the bundle: Gundam's
-  640, OCR-2's 768): batch 1..the mode's max tiles (Gundam 9, OCR-2 6; at most options.max_tiles), opt 6
-  (a portrait page is 2x3 tiles). The TRT backend splits a larger batch into chunks of the profile's max.
-  OCR-2's 1024 global view is batch 1..1.
-* embed: seq 1..S (prompt or one step), opt = a typical prompt.
-* decoder: two profiles by default, tried in order by the backend:
-    0 decode:  T = 1, past PAST_PAD..PAST_PAD+S-1, opt at a typical context;
-    1 prefill: T = 1..max_prompt, past PAST_PAD..PAST_PAD+S-1, opt at a typical prompt.
-  With decoder_profiles=1 one profile covers both (opt at T = 1: decoding dominates).
+* vision_{S}: batch 1..G global views (opt 1); the tile graph (the tile size of a crop mode in the
+  bundle: Gundam's 640, OCR-2's 768): batch 1..G x the mode's max tiles (Gundam 9, OCR-2 6; at most
+  options.max_tiles), opt 6 (a portrait page is 2x3 tiles). The TRT backend splits a larger batch into
+  chunks of the profile's max.
+* embed: batch 1..N (one token per slot when decoding), seq 1..S (prompt or one step), opt = a
+  typical prompt.
+* decoder (the prefill graph; also decodes when the bundle has no decoder_step graph): two profiles
+  by default, tried in order by the backend:
+    0 decode:  B = 1..N slots (opt N), T = 1, past PAST_PAD..PAST_PAD+S-1, opt at a typical context;
+    1 prefill: B = 1, T = 1..C (C = prefill_chunk, default max_prompt), past PAST_PAD..PAST_PAD+S-1,
+               opt at a typical prompt (or C): a longer prompt is prefilled in chunks of C.
+  With decoder_profiles=1 one profile covers both (B = 1..N, T = 1..C, opt at T = 1).
+* decoder_step (the decode-step graph, MoE "gather"): one profile "decode" as above; its cost grows
+  with B*T (every token gathers its experts), so it is never used for prefill.
 
 Zero-length past: the first prefill has P = 0, i.e. past_* of shape [B, 0, H, hd]. TensorRT 7 refused
 a 0 in profile dims (NVIDIA/TensorRT#337); later releases document empty tensors, but frameworks still
@@ -35,6 +42,7 @@ TYPICAL_TILES = (2, 3)  # w x h tiles of an A4/Letter portrait page in Gundam mo
 OPT_TILE_BATCH = TYPICAL_TILES[0] * TYPICAL_TILES[1]
 PROMPT_TEXT = 32  # text tokens around the image in the official prompts (opt only)
 GENERATED = 1024  # tokens generated for a typical page (opt of the decode context)
+MAX_SLOTS = 256  # most sequences (and pages) a profile admits in one call
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,9 @@ class ProfileOptions:
     decoder_profiles: int = 2  # 2: decode + prefill; 1: one profile for both
     max_prompt: int | None = None  # longest prefill (default: max_seq_len)
     max_tiles: int = MAX_TILES
+    slots: int = 1  # N: sequences one decode step advances (the runtime's --batch)
+    pages: int = 1  # G: pages whose views one vision call takes
+    prefill_chunk: int | None = None  # C: most new tokens per prefill call (default: max_prompt)
 
     def __post_init__(self):
         if self.decoder_profiles not in (1, 2):
@@ -63,6 +74,11 @@ class ProfileOptions:
             raise InputError(f"max_prompt={self.max_prompt} must be at least 1")
         if not 1 <= self.max_tiles <= MAX_TILES:
             raise InputError(f"max_tiles={self.max_tiles} must lie in 1..{MAX_TILES}")
+        for name, top in (("slots", MAX_SLOTS), ("pages", MAX_SLOTS)):
+            if not 1 <= getattr(self, name) <= top:
+                raise InputError(f"{name}={getattr(self, name)} must lie in 1..{top}")
+        if self.prefill_chunk is not None and self.prefill_chunk < 1:
+            raise InputError(f"prefill_chunk={self.prefill_chunk} must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -106,27 +122,33 @@ def graph_profiles(manifest: Manifest, key: str, options: ProfileOptions = Profi
     spec = manifest.graphs[key]
     s = manifest.kv.max_seq_len
     one = DimRange(1, 1, 1)
+    slots = DimRange(1, options.slots, options.slots)
     if spec.role == "vision":
+        g = options.pages
         if spec.size in tile_sizes(manifest):
-            top = tile_batch_max(manifest, spec.size, options)
+            top = tile_batch_max(manifest, spec.size, options) * g
             batch = DimRange(1, min(OPT_TILE_BATCH, top), top)
         else:
-            batch = one
+            batch = DimRange(1, 1, g)
         return [_profile("vision", spec, {"batch": batch})]
     prompt_max = min(options.max_prompt or s, s)
-    prompt_opt = min(typical_prompt(manifest), prompt_max)
+    chunk = min(options.prefill_chunk or prompt_max, prompt_max)
+    prompt_opt = min(typical_prompt(manifest), chunk)
     if spec.role == "embed":
-        return [_profile("embed", spec, {"batch": one, "seq": DimRange(1, prompt_opt, s)})]
-    if spec.role != "decoder":
+        return [_profile("embed", spec, {"batch": slots, "seq": DimRange(1, prompt_opt, s)})]
+    if spec.role not in ("decoder", "decoder_step"):
         raise InputError(f"graph {key!r} has unknown role {spec.role!r}")
     past_max = PAST_PAD + s - 1  # at least one new token remains in the cache
     ctx_opt = min(PAST_PAD + prompt_opt + GENERATED // 2, past_max)
 
-    def decoder(name: str, seq: DimRange, past_opt: int) -> Profile:
+    def decoder(name: str, batch: DimRange, seq: DimRange, past_opt: int) -> Profile:
         past = DimRange(PAST_PAD, past_opt, past_max)
         total = DimRange(past.min + seq.min, past.opt + seq.opt, PAST_PAD + s)
-        return _profile(name, spec, {"batch": one, "seq": seq, "past": past, "total": total})
+        return _profile(name, spec, {"batch": batch, "seq": seq, "past": past, "total": total})
 
+    decode = decoder("decode", slots, one, ctx_opt)
+    if spec.role == "decoder_step":
+        return [decode]
     if options.decoder_profiles == 1:
-        return [decoder("decoder", DimRange(1, 1, prompt_max), ctx_opt)]
-    return [decoder("decode", one, ctx_opt), decoder("prefill", DimRange(1, prompt_opt, prompt_max), PAST_PAD)]
+        return [decoder("decoder", slots, DimRange(1, 1, chunk), ctx_opt)]
+    return [decode, decoder("prefill", one, DimRange(1, prompt_opt, chunk), PAST_PAD)]

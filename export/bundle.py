@@ -5,11 +5,13 @@ end, so an interrupted build leaves nothing half-written under the target name.
 """
 from __future__ import annotations
 
+import gc
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 from tqdm import tqdm
 
 from dsocr.runtime.decoding import GenerationOptions
@@ -20,7 +22,7 @@ from dsocr.runtime.prompts import PROMPTS, split_prompt
 from dsocr.runtime.tokenizer import Tokenizer
 
 from .model.ocr import DeepseekOCR
-from .onnx_export import export_decoder, export_embed, export_vision
+from .onnx_export import export_decoder, export_decoder_step, export_embed, export_vision
 
 LAYOUT_FILE = "layout.npz"
 TOKENIZER_FILE = "tokenizer.json"
@@ -71,17 +73,27 @@ def prompt_table(tok: Tokenizer) -> dict[str, dict]:
 
 
 def _write_graphs(model: DeepseekOCR, stage: Path, sizes: list[int], bar) -> dict:
+    """Export every graph, freeing each part of `model` once no graph left needs it (the model is
+    spent afterwards): embed, then the decoders without the token table, then the vision graphs
+    without the decoder. The vision traces' activations (SAM global attention at 1024 px: GBs) thus
+    never coincide with the decoder's weights (full size: 12 GiB), which peaked at 22-23 GiB."""
     graphs = {}
+    bar.set_description("export embed")
+    graphs["embed"] = export_embed(model, stage / "embed.onnx")
+    bar.update()
+    model.model.embed_tokens = None
+    bar.set_description("export decoder")
+    graphs["decoder"] = export_decoder(model, stage / "decoder.onnx")
+    bar.update()
+    bar.set_description("export decoder step")
+    graphs["decoder_step"] = export_decoder_step(model, stage / "decoder_step.onnx")
+    bar.update()
+    model.model.layers, model.lm_head = nn.ModuleList(), None
+    gc.collect()
     for size in sizes:
         bar.set_description(f"export vision {size}px")
         graphs[f"vision_{size}"] = export_vision(model, size, stage / f"vision_{size}.onnx")
         bar.update()
-    bar.set_description("export embed")
-    graphs["embed"] = export_embed(model, stage / "embed.onnx")
-    bar.update()
-    bar.set_description("export decoder")
-    graphs["decoder"] = export_decoder(model, stage / "decoder.onnx")
-    bar.update()
     return graphs
 
 
@@ -110,7 +122,7 @@ def build_bundle(checkpoint: str | Path, out_dir: str | Path, options: BuildOpti
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = make_stage_dir(out.parent, f".{out.name}.partial-")
     try:
-        with tqdm(total=len(sizes) + 3, disable=not options.progress, unit="graph") as bar:
+        with tqdm(total=len(sizes) + 4, disable=not options.progress, unit="graph") as bar:
             graphs = _write_graphs(model, stage, sizes, bar)
         shutil.copyfile(tok_path, stage / TOKENIZER_FILE)
         np.savez(stage / LAYOUT_FILE, **model.layout_vectors())  # OCR-2: view_separator only

@@ -6,6 +6,8 @@ parser_support.py); size-dependent tables are frozen to constants before tracing
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import tempfile
 import warnings
 from pathlib import Path
@@ -15,9 +17,11 @@ import onnx
 import torch
 from torch import nn
 
+from dsocr.calibration.moe import META_KEY as MOE_META_KEY
 from dsocr.runtime.manifest import GraphSpec, TensorSpec
 from dsocr.runtime.modes import DOWNSAMPLE, PATCH
 
+from .model.decoder import MoE
 from .model.ocr import DeepseekOCR
 from .onnx_weights import attach_weights
 
@@ -61,7 +65,7 @@ def kv_names(num_layers: int, prefix: str) -> list[str]:
 
 
 def _save(module: nn.Module, args: tuple, path: Path, names_in, names_out, dynamic_axes,
-          rename: Callable[[str], str]) -> None:
+          rename: Callable[[str], str], metadata: dict[str, str] | None = None) -> None:
     """Trace the structure only (parameters as inputs), then attach the weights streaming; graphs
     whose weights exceed EXTERNAL_DATA_THRESHOLD keep them in one `<graph>.onnx.data` file."""
     params = dict(module.named_parameters())
@@ -76,6 +80,7 @@ def _save(module: nn.Module, args: tuple, path: Path, names_in, names_out, dynam
         proto = onnx.load(str(raw))
     big = sum(t.numel() * 4 for t in params.values()) > EXTERNAL_DATA_THRESHOLD
     attach_weights(proto, params, rename, path.with_name(path.name + ".data") if big else None)
+    onnx.helper.set_model_props(proto, metadata or {})
     onnx.save_model(proto, str(path))
 
 
@@ -110,7 +115,33 @@ def export_embed(model: DeepseekOCR, path: Path) -> GraphSpec:
     )
 
 
-def export_decoder(model: DeepseekOCR, path: Path) -> GraphSpec:
+PREFILL_FORMULATION = "sparse"  # bench/moe_formulations.py: fewest seconds at prefill lengths
+STEP_FORMULATION = "gather"  # decode steps: static shapes, only the selected experts (bench/decode_kernels.py)
+
+
+@contextlib.contextmanager
+def moe_formulation(model: nn.Module, formulation: str):
+    """Every MoE of `model` computes `formulation` (MoE.FORMULATIONS) inside the block."""
+    if formulation not in MoE.FORMULATIONS:
+        raise ValueError(f"formulation={formulation!r}: choose one of {', '.join(MoE.FORMULATIONS)}")
+    moes = [m for m in model.modules() if isinstance(m, MoE)]
+    if formulation == "gather":
+        for m in moes:
+            m.stack_experts()
+    before = [m.formulation for m in moes]
+    for m in moes:
+        m.formulation = formulation
+    try:
+        yield
+    finally:
+        for m, f in zip(moes, before):
+            m.formulation = f
+
+
+def export_decoder(model: DeepseekOCR, path: Path, formulation: str = PREFILL_FORMULATION,
+                   role: str = "decoder") -> GraphSpec:
+    """The decoder with KV I/O; role "decoder" (any T, the prefill graph) or "decoder_step" (decode
+    steps: T = 1..slots new tokens per sequence), its MoE traced as `formulation`."""
     cfg = model.config.decoder
     n, h, hd, d = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.head_dim, cfg.hidden_size
     t, p = 3, 2  # trace sizes; both axes are symbolic in the graph
@@ -123,10 +154,17 @@ def export_decoder(model: DeepseekOCR, path: Path) -> GraphSpec:
            "attention_mask": {0: "batch", 2: "seq", 3: "total"}, "logits": {0: "batch"}}
     dyn.update({k: {0: "batch", 1: "past"} for k in past})
     dyn.update({k: {0: "batch", 1: "seq"} for k in present})
-    _save(_Decoder(model), args, path, names_in, names_out, dyn, _strip("model."))
+    meta = {}
+    if formulation == "gather":  # how the routed scopes route (calibration/moe.py lowers them to QMoE)
+        meta[MOE_META_KEY] = json.dumps({"scope": "mlp/routed", "top_k": cfg.num_experts_per_tok,
+                                         "norm_topk_prob": cfg.norm_topk_prob,
+                                         "routed_scaling_factor": cfg.routed_scaling_factor,
+                                         "experts": cfg.n_routed_experts})
+    with moe_formulation(model, formulation):
+        _save(_Decoder(model), args, path, names_in, names_out, dyn, _strip("model."), meta)
     kv = lambda name, s: TensorSpec(name, "float32", ["batch", s, h, hd])  # noqa: E731
     return GraphSpec(
-        role="decoder", file=path.name,
+        role=role, file=path.name,
         inputs=[
             TensorSpec("inputs_embeds", "float32", ["batch", "seq", d]),
             TensorSpec("cos", "float32", ["batch", "seq", hd]),
@@ -135,3 +173,8 @@ def export_decoder(model: DeepseekOCR, path: Path) -> GraphSpec:
         ] + [kv(k, "past") for k in past],
         outputs=[TensorSpec("logits", "float32", ["batch", cfg.vocab_size])] + [kv(k, "seq") for k in present],
     )
+
+
+def export_decoder_step(model: DeepseekOCR, path: Path) -> GraphSpec:
+    """The decode-step decoder (role "decoder_step"): same I/O as the decoder, MoE as STEP_FORMULATION."""
+    return export_decoder(model, path, STEP_FORMULATION, role="decoder_step")

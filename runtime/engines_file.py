@@ -54,12 +54,13 @@ class EnginesRecord:
     past_pad: int = 1
     bundle: dict[str, Any] = field(default_factory=dict)
     dsocr_version: str = ""
+    batch: dict[str, Any] = field(default_factory=dict)  # {slots, pages, prefill_chunk} the profiles admit
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": ENGINES_FORMAT, "format_version": ENGINES_FORMAT_VERSION,
                 "dsocr_version": self.dsocr_version, "tensorrt_version": self.tensorrt_version,
                 "gpu": {"name": self.gpu_name, "compute_capability": self.compute_capability},
-                "past_pad": self.past_pad, "bundle": self.bundle,
+                "past_pad": self.past_pad, "bundle": self.bundle, "batch": self.batch,
                 "plans": {k: p.to_dict() for k, p in self.plans.items()}}
 
     @classmethod
@@ -77,7 +78,8 @@ class EnginesRecord:
             check_name(p.file, f"engines.plans.{key}.file")  # resolved inside the engines dir by plan_path
         return cls(tensorrt_version=m["tensorrt_version"], gpu_name=m["gpu"]["name"],
                    compute_capability=m["gpu"]["compute_capability"], plans=plans, past_pad=m.get("past_pad", 1),
-                   bundle=dict(m.get("bundle", {})), dsocr_version=m.get("dsocr_version", ""))
+                   bundle=dict(m.get("bundle", {})), dsocr_version=m.get("dsocr_version", ""),
+                   batch=dict(m.get("batch", {})))
 
     def plan_path(self, engines_dir: str | Path, key: str) -> Path:
         """The plan of graph `key`, resolved inside engines_dir (symlinks that leave it are refused)."""

@@ -118,6 +118,8 @@ ENGINES_SCHEMA: dict[str, Any] = {
                                "compute_capability": {"type": "string", "maxLength": 16}}},
         "past_pad": {**_INT, "minimum": 0, "maximum": 64},
         "bundle": {"type": "object"},
+        "batch": {"type": "object", "maxProperties": 8, "additionalProperties": {
+            "anyOf": [{**_INT, "minimum": 1, "maximum": 1 << 20}, {"type": "null"}]}},
         "plans": {"type": "object", "maxProperties": 64, "propertyNames": {"maxLength": 64},
                   "additionalProperties": {
                       "type": "object", "required": ["file", "sha256", "bytes", "onnx", "profiles"],

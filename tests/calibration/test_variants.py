@@ -84,6 +84,10 @@ def test_weight_only_graphs_use_matmul_nbits(variants):
         by_name = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in nbits}
         assert {b for name, b in by_name.items() if "lm_head" not in name} == {bits}
         assert [b for name, b in by_name.items() if "lm_head" in name] == [8]
+        # the fast CPU path (int8 activations); level 0 is 3-150x slower at one token
+        levels = {next((a.i for a in n.attribute if a.name == "accuracy_level"), 0) for n in nbits}
+        assert levels == {4}, (precision, levels)
+        assert read_manifest(variants[precision]).source["precision_detail"]["decoder"]["accuracy_level"] == 4
     embed = onnx.load(str(variants["int4-weight"] / "embed.onnx"))
     assert [n.op_type for n in embed.graph.node] == ["GatherBlockQuantized"]
 
@@ -105,3 +109,54 @@ def test_options_and_targets_are_validated(demo_bundle, variants, tmp_path):
     with pytest.raises(InputError, match="fp32 bundle"):
         build_variant(variants["fp16"], tmp_path / "y", "int8")
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def testweight_only_file_equals_the_in_memory_path(demo_bundle, tmp_path):
+    """Graphs with external weights are packed without loading the fp32 MatMul weights; same result."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from dsocr.calibration.precision import load_with_shapes, weight_only
+    from dsocr.calibration.variants import weight_only_file
+
+    src = tmp_path / "decoder.onnx"
+    onnx.save_model(onnx.load(str(demo_bundle / "decoder.onnx")), str(src), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="decoder.onnx.data", size_threshold=0)
+    lean = weight_only_file(src, 4, 32, gather=False)
+    full = weight_only(load_with_shapes(demo_bundle / "decoder.onnx"), 4, 32)
+    assert [n.op_type for n in lean.graph.node] == [n.op_type for n in full.graph.node]
+    a = {t.name: numpy_helper.to_array(t) for t in lean.graph.initializer}
+    b = {t.name: numpy_helper.to_array(t) for t in full.graph.initializer}
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert any(n.op_type == "MatMulNBits" for n in lean.graph.node)
+
+
+def test_weight_only_step_graphs_run_routed_experts_on_qmoe(variants, demo_bundle):
+    """int8/int4-weight decode-step graphs: the gathered experts become QMoE (no fp32 expert stacks
+    left), and the step graph's logits follow the variant's own prefill graph."""
+    import numpy as np
+    import onnxruntime as ort
+
+    fp32 = read_manifest(demo_bundle)
+    n_moe = sum(1 for t in onnx.load(str(demo_bundle / "decoder_step.onnx")).graph.initializer
+                if t.name.endswith(".mlp.stack_gate"))
+    rng = np.random.default_rng(0)
+    kv = fp32.kv
+    feed = {"inputs_embeds": rng.standard_normal((2, 1, fp32.hidden_size), dtype=np.float32),
+            "cos": np.ones((2, 1, kv.head_dim), np.float32), "sin": np.zeros((2, 1, kv.head_dim), np.float32),
+            "attention_mask": np.zeros((2, 1, 1, 5), np.float32)}
+    feed.update({f"past_{w}.{i}": rng.standard_normal((2, 4, kv.num_heads, kv.head_dim), dtype=np.float32)
+                 for i in range(kv.num_layers) for w in ("key", "value")})
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(["logits"], feed)[0]  # noqa: E731
+    ref = run(demo_bundle / "decoder.onnx")
+    for precision, bits in (("int8-weight", 8), ("int4-weight", 4)):
+        model = onnx.load(str(variants[precision] / "decoder_step.onnx"))
+        qmoe = [n for n in model.graph.node if n.op_type == "QMoE"]
+        assert len(qmoe) == n_moe >= 1
+        assert {next(a.i for a in n.attribute if a.name == "expert_weight_bits") for n in qmoe} == {bits}
+        assert not [t.name for t in model.graph.initializer if ".stack_" in t.name]
+        step, prefill = run(variants[precision] / "decoder_step.onnx"), run(variants[precision] / "decoder.onnx")
+        err = lambda a: float(np.abs(a - ref).max() / np.abs(ref).max())  # noqa: E731
+        assert err(step) < 2 * err(prefill) + 1e-3, (precision, err(step), err(prefill))  # same quantization error
+        corr = lambda a: float(np.corrcoef(a.ravel(), ref.ravel())[0, 1])  # noqa: E731
+        assert corr(step) > corr(prefill) - 0.01 and corr(step) > 0.9, (precision, corr(step), corr(prefill))

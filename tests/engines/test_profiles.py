@@ -79,3 +79,53 @@ def test_options_are_validated():
         DimRange(0, 1, 2)
     with pytest.raises(InputError):
         DimRange(1, 3, 2)
+
+
+def with_step(m):
+    """The manifest plus a decode-step decoder graph (role decoder_step, the decoder's I/O)."""
+    dec = m.graphs["decoder"]
+    step = GraphSpec("decoder_step", "decoder_step.onnx", dec.inputs, dec.outputs)
+    return Manifest(**{**m.__dict__, "graphs": {**m.graphs, "decoder_step": step}})
+
+
+def test_slots_batch_the_decode_profiles_only():
+    m = with_step(manifest())
+    opts = ProfileOptions(slots=8)
+    decode, prefill = graph_profiles(m, "decoder", opts)
+    assert decode.shapes["inputs_embeds"] == ((1, 1, D), (8, 1, D), (8, 1, D))
+    assert decode.shapes["past_key.1"][2] == (8, PAST_PAD + S - 1, H, HD)
+    assert decode.shapes["attention_mask"][2] == (8, 1, 1, PAST_PAD + S)
+    assert {s[0] for shapes in prefill.shapes.values() for s in shapes} == {1}  # one page prefills at a time
+    (step,) = graph_profiles(m, "decoder_step", opts)
+    assert step.name == "decode" and step.shapes == decode.shapes
+    (embed,) = graph_profiles(m, "embed", opts)
+    assert embed.shapes["input_ids"] == ((1, 1), (8, typical_prompt(m)), (8, S))
+
+
+def test_prefill_chunk_and_page_batch():
+    m = manifest()
+    _, prefill = graph_profiles(m, "decoder", ProfileOptions(prefill_chunk=256))
+    assert prefill.shapes["inputs_embeds"] == ((1, 1, D), (1, 256, D), (1, 256, D))
+    (one,) = graph_profiles(m, "decoder", ProfileOptions(decoder_profiles=1, slots=4, prefill_chunk=64))
+    assert one.shapes["inputs_embeds"] == ((1, 1, D), (4, 1, D), (4, 64, D))
+    opts = ProfileOptions(pages=4)
+    (glob,) = graph_profiles(m, "vision_1024", opts)
+    assert glob.shapes["pixel_values"] == ((1, 3, 1024, 1024), (1, 3, 1024, 1024), (4, 3, 1024, 1024))
+    (tiles,) = graph_profiles(m, "vision_640", opts)
+    assert tiles.shapes["pixel_values"][2][0] == 4 * MAX_TILES
+
+
+def test_a_layout_with_other_dims_is_refused_by_name():
+    m = manifest()
+    dec = m.graphs["decoder"]
+    odd = GraphSpec("decoder_step", "s.onnx", dec.inputs[:4] + [TensorSpec("kv", "float32", ["layers", "slots"])],
+                    dec.outputs)
+    m = Manifest(**{**m.__dict__, "graphs": {**m.graphs, "decoder_step": odd}})
+    with pytest.raises(InputError, match=r"kv has symbolic dims \['layers', 'slots'\]"):
+        graph_profiles(m, "decoder_step")
+
+
+@pytest.mark.parametrize("bad", [dict(slots=0), dict(pages=0), dict(slots=257), dict(prefill_chunk=0)])
+def test_batch_options_are_validated(bad):
+    with pytest.raises(InputError, match=next(iter(bad))):
+        ProfileOptions(**bad)

@@ -52,6 +52,25 @@ def test_engines_json(engines, demo_bundle):
         assert entry["bytes"] == (engines / entry["file"]).stat().st_size
 
 
+def test_engines_json_records_batch_profiles(sim, demo_bundle, tmp_path):
+    out = tmp_path / "engines"
+    opts = B.EngineBuildOptions(progress=False, profiles=ProfileOptions(slots=4, pages=2, prefill_chunk=32))
+    rec = B.build_engines(demo_bundle, out, opts)
+    assert rec == json.loads((out / T.ENGINES_NAME).read_text())
+    assert rec["batch"] == {"slots": 4, "pages": 2, "prefill_chunk": 32}
+    step, dec = rec["plans"]["decoder_step"], rec["plans"]["decoder"]
+    assert step["profile_names"] == ["decode"] and dec["profile_names"] == ["decode", "prefill"]
+    lo, opt, hi = step["profiles"][0]["inputs_embeds"]
+    assert (lo[:2], opt[:2], hi[:2]) == ([1, 1], [4, 1], [4, 1])
+    assert dec["profiles"][0]["past_key.0"] == step["profiles"][0]["past_key.0"]
+    assert dec["profiles"][1]["inputs_embeds"][2][:2] == [1, 32]
+    assert {p[2][0] for p in (rec["plans"][k]["profiles"][0]["pixel_values"] for k in rec["plans"]
+                              if k.startswith("vision_"))} == {2}
+    engine = trt_sim._Runtime(None).deserialize_cuda_engine((out / step["file"]).read_bytes())
+    ctx = engine.create_execution_context()
+    assert ctx.set_input_shape("inputs_embeds", (4, 1, lo[2])) and not ctx.set_input_shape("inputs_embeds", (5, 1, lo[2]))
+
+
 def test_parity_with_ort(engines, demo_bundle):
     manifest = read_manifest(demo_bundle, verify_files=False)
     trt, ort = T.TrtBackend(demo_bundle, manifest, engines), OrtBackend(demo_bundle, manifest)

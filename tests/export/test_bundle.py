@@ -18,7 +18,7 @@ def test_manifest_names_and_hashes_every_file(demo_bundle):
     for name, entry in m.files.items():
         assert entry["sha256"] == sha256_file(demo_bundle / name)
     assert m.modes == ["small"] and m.precision == "fp32"
-    assert {g.role for g in m.graphs.values()} == {"vision", "embed", "decoder"}
+    assert {g.role for g in m.graphs.values()} == {"vision", "embed", "decoder", "decoder_step"}
     assert m.special_tokens["image"] == 1023 and m.special_tokens["eos"] == 1
     assert m.prompts["document"]["before"] == [] and m.prompts["document"]["after"]
     assert m.kv.layout == "BSHD" and m.kv.max_seq_len == 1024
