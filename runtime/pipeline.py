@@ -12,7 +12,7 @@ import numpy as np
 
 from .backends.base import Backend
 from .decoding import GenerationOptions, GenerationResult, TextStreamer, generate
-from .errors import InputError, ModeError
+from .errors import CacheOverflowError, InputError, ModeError
 from .layout import assemble_prompt, layout_image_embeds, scatter_image_embeds
 from .manifest import Manifest, read_manifest
 from .modes import MAX_TILES, Mode, get_mode
@@ -78,9 +78,10 @@ class Pipeline:
     """Loads a bundle once; `ocr()` many pages. One Pipeline per thread (it owns one KV cache)."""
 
     def __init__(self, bundle_dir: str | Path, backend: str = "ort", device: str = "cpu",
-                 threads: int | None = None, max_seq_len: int | None = None):
+                 threads: int | None = None, max_seq_len: int | None = None, batch: int = 1):
         bundle = BundleAssets.load(bundle_dir)
         self._attach(bundle, open_backend(bundle.bundle_dir, bundle.manifest, backend, device, threads), max_seq_len)
+        self.batch = int(batch)  # slots of `ocr_many` / `engine()` (see runtime.engine)
 
     @classmethod
     def from_assets(cls, bundle: "BundleAssets", backend: Backend, max_seq_len: int | None = None) -> "Pipeline":
@@ -94,6 +95,7 @@ class Pipeline:
         self.tokenizer, self.layout = bundle.tokenizer, bundle.layout
         self.backend = backend
         self.runner = BundleRunner(backend, max_seq_len)
+        self.batch = 1
 
     def mode(self, name: str | None) -> Mode:
         mode = get_mode(name or self.manifest.modes[0])
@@ -123,27 +125,107 @@ class Pipeline:
         sp = self.tokenizer.special
         return assemble_prompt(before, after, n_image_tokens, sp.image, sp.bos)
 
+    def prepare(self, image, options: RunOptions = RunOptions()) -> "PreparedPage":
+        """A page -> its prompt embeddings and decode options (what a slot is prefilled with)."""
+        (page,) = self.prepare_many([image], [options])
+        if isinstance(page, BaseException):
+            raise page
+        return page
+
+    def prepare_many(self, images: list, options: list[RunOptions], vision_batch: int = 8) -> list:
+        """Several pages at once: every view of every page through as few vision calls as possible
+        (views of one size stacked, at most `vision_batch` per call). -> one PreparedPage, or the
+        exception that page raised, per page. Sizes are checked before anything grows with them:
+        a prompt longer than the KV cache fails before vision, embedding or a mask is computed."""
+        staged: list = []
+        for image, opts in zip(images, options):
+            try:
+                staged.append(self._stage(image, opts))
+            except Exception as e:  # noqa: BLE001 - this page's error, the others go on
+                staged.append(e)
+        ok = [i for i, s in enumerate(staged) if not isinstance(s, BaseException)]
+        arrays = [staged[i][1].global_view for i in ok] + [staged[i][1].tiles for i in ok]
+        try:
+            feats = run_views(self.backend, arrays, vision_batch)
+        except Exception as e:  # noqa: BLE001
+            return [e if i in ok else s for i, s in enumerate(staged)]
+        out = list(staged)
+        for j, i in enumerate(ok):
+            opts, views, ids, mask = staged[i]
+            tiles = feats[len(ok) + j] if views.n_tiles else None
+            try:
+                embeds = layout_image_embeds(feats[j][0], tiles, views.crop, *self.layout)
+                out[i] = PreparedPage(scatter_image_embeds(self.backend.embed(ids[None])[0], mask, embeds),
+                                      self._generation_options(opts), (self.tokenizer.special.eos,))
+            except Exception as e:  # noqa: BLE001
+                out[i] = e
+        return out
+
+    def _stage(self, image, options: RunOptions):
+        mode = self.mode(options.mode)
+        views = preprocess(image, mode, max_tiles=options.max_tiles)
+        ids, mask = self.prompt_ids(options, mode.n_image_tokens(*views.crop))
+        if len(ids) > self.runner.max_seq_len:
+            raise CacheOverflowError(f"the prompt has {len(ids)} positions but the KV cache holds "
+                                     f"{self.runner.max_seq_len} (max_seq_len); shorten the prompt or use "
+                                     f"a bundle built with a larger --max-seq-len")
+        return options, views, ids, mask
+
+    def _generation_options(self, options: RunOptions) -> GenerationOptions:
+        gen = options.generation
+        return gen if gen.whitelist else gen.with_whitelist(self.tokenizer.special.table_cells())
+
     def generate(self, image, options: RunOptions = RunOptions(),
                  on_text: Callable[[str], None] | None = None) -> tuple[str, GenerationResult]:
-        """Raw model text (grounding tags kept) and the generation record."""
-        mode = self.mode(options.mode)
-        embeds, _ = self.image_embeddings(image, mode, options.max_tiles)
-        ids, mask = self.prompt_ids(options, len(embeds))
-        prompt = scatter_image_embeds(self.backend.embed(ids[None])[0], mask, embeds)
-        sp = self.tokenizer.special
-        gen = options.generation
-        if not gen.whitelist:
-            gen = gen.with_whitelist(sp.table_cells())
+        """Raw model text (grounding tags kept) and the generation record (slot 0 of the runner)."""
+        page = self.prepare(image, options)
         streamer = TextStreamer(self.tokenizer.decode, on_text) if on_text else None
         self.runner.reset()
-        result = generate(self.runner, prompt, gen, eos_ids=(sp.eos,),
+        result = generate(self.runner, page.embeds, page.generation, eos_ids=page.eos_ids,
                           on_token=streamer.put if streamer else None)
         if streamer:
             streamer.end()
         return self.tokenizer.decode(result.ids), result
+
+    def engine(self, max_batch: int | None = None, **kwargs):
+        """A BatchEngine over this pipeline with `max_batch` slots (default: the pipeline's batch)."""
+        from .engine import BatchEngine
+
+        return BatchEngine(self, max_batch=max_batch or self.batch, **kwargs)
 
     def ocr(self, source, options: RunOptions = RunOptions(), on_text=None, figure_prefix: str = "") -> PageResult:
         """An image (path, bytes or PIL image) -> PageResult (markdown, boxes in page pixels, figure crops)."""
         page = load_image(source)
         raw, result = self.generate(page, options, on_text)
         return render_markdown(raw, page, prefix=figure_prefix).with_generation(result)
+
+
+@dataclass(frozen=True)
+class PreparedPage:
+    embeds: np.ndarray  # [T, D] prompt embeddings, image embeddings scattered in
+    generation: GenerationOptions
+    eos_ids: tuple[int, ...]
+
+
+def run_views(backend: Backend, arrays: list[np.ndarray], limit: int = 8) -> list[np.ndarray]:
+    """Vision features of many view stacks ([b_i, 3, S_i, S_i] each, b_i may be 0) with as few calls
+    as possible: stacks of one size are concatenated and run at most `limit` views a call.
+    -> [b_i, g_i*g_i, D] per stack, in order."""
+    if limit < 1:
+        raise InputError(f"vision batch limit {limit} must be >= 1")
+    out: list = [None] * len(arrays)
+    by_size: dict[int, list[int]] = {}
+    for i, a in enumerate(arrays):
+        by_size.setdefault(int(a.shape[-1]), []).append(i)
+    for idx in by_size.values():
+        stack = np.concatenate([arrays[i] for i in idx]) if len(idx) > 1 else arrays[idx[0]]
+        if len(stack) == 0:
+            feats = None
+        else:
+            feats = np.concatenate([backend.vision(stack[k:k + limit]) for k in range(0, len(stack), limit)])
+        at = 0
+        for i in idx:
+            n = len(arrays[i])
+            out[i] = feats[at:at + n] if n else np.zeros((0,), np.float32)
+            at += n
+    return out

@@ -1,8 +1,10 @@
 """ONNX Runtime backend: CPU by default, CUDA / TensorRT execution providers when asked and present.
 
-The decoder runs through IOBinding: past_* inputs are bound to views of the preallocated cache and
-present_* outputs to the cache slots they fill, so ORT writes new K/V in place (no per-step copies
-for batch 1), and logits land in one reused buffer.
+The decoder runs through IOBinding: past_* inputs are bound to what the KVStep gives (views of the
+preallocated cache: its prefix for one slot, the slots' full rows or a gathered copy for several)
+and present_* outputs to the cache rows they fill (one slot: written in place, no per-step copy) or
+to the step's staging buffers (several slots: scattered by KVStep.commit); logits land in one
+reused buffer per batch size.
 
 Vision runs shrink ORT's CPU arena when they end: their activations are GB-sized (SAM's global
 attention at 1024 px: [12, 4096, 4096] fp32 per tensor) and would otherwise stay reserved while the
@@ -19,7 +21,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ..errors import BackendUnavailableError, InputError, ManifestError
-from ..kv_cache import KVCache
+from ..kv_cache import KVStep
 from ..manifest import GraphSpec, Manifest
 from .base import Backend
 
@@ -150,11 +152,11 @@ class OrtBackend(Backend):
         self._vision_run = self._ort.RunOptions()
         self._vision_run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._binding = None  # the decoder's IOBinding, made on the first decode (graphs load lazily)
-        self._logits: np.ndarray | None = None
+        self._logits: dict[int, np.ndarray] = {}  # batch -> [batch, V], reused
 
     def close(self) -> None:
         self._binding = None
-        self._logits = None
+        self._logits = {}
 
     def _vision_impl(self, graph_file: str, pixel_values: np.ndarray) -> np.ndarray:
         return self.sessions.get(graph_file).run(["image_features"], {"pixel_values": pixel_values}, self._vision_run)[0]
@@ -166,13 +168,13 @@ class OrtBackend(Backend):
         """Bind `array`'s memory (a contiguous view, else a copy that the caller keeps alive)."""
         if not array.flags.c_contiguous:
             if output:
-                raise InputError(f"{name}: output views must be contiguous (use batch 1)")
+                raise InputError(f"{name}: output buffers must be contiguous")
             array = np.ascontiguousarray(array)
         bind = self._binding.bind_output if output else self._binding.bind_input
         bind(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
         return array
 
-    def _decode_impl(self, embeds, cos, sin, mask, cache: KVCache, start: int, stop: int) -> np.ndarray:
+    def _decode_impl(self, embeds, cos, sin, mask, step: KVStep) -> np.ndarray:
         if self._binding is None:
             self._decoder = self.sessions.get(self.manifest.graphs["decoder"].file)
             self._binding = self._decoder.io_binding()
@@ -181,16 +183,17 @@ class OrtBackend(Backend):
         b.clear_binding_outputs()
         keep = [self._bind(n, np.ascontiguousarray(a, dtype=np.float32)) for n, a in
                 (("inputs_embeds", embeds), ("cos", cos), ("sin", sin), ("attention_mask", mask))]
-        for i in range(cache.num_layers):
-            pk, pv = cache.past(i)
-            sk, sv = cache.slot(i, start, stop)
+        for i in range(step.num_layers):
+            pk, pv = step.past(i)
+            sk, sv = step.present(i)
             keep += [self._bind(f"past_key.{i}", pk), self._bind(f"past_value.{i}", pv)]
             self._bind(f"present_key.{i}", sk, output=True)
             self._bind(f"present_value.{i}", sv, output=True)
         batch = embeds.shape[0]
-        if self._logits is None or self._logits.shape[0] != batch:
-            self._logits = np.empty((batch, self.manifest.vocab_size), dtype=np.float32)
-        self._bind("logits", self._logits, output=True)
+        logits = self._logits.get(batch)
+        if logits is None:
+            logits = self._logits[batch] = np.empty((batch, self.manifest.vocab_size), dtype=np.float32)
+        self._bind("logits", logits, output=True)
         self._decoder.run_with_iobinding(b)
         del keep
-        return self._logits
+        return logits

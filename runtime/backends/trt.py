@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailableError, DsocrError, EngineMismatchError, InputError, ManifestError
-from ..kv_cache import KVCache
+from ..kv_cache import KVCache, KVStep
 from ..manifest import Manifest, sha256_file
 from ..rope import NEG_INF
 from .base import Backend
@@ -272,9 +272,16 @@ class TrtBackend(Backend):
                 self._stream.synchronize()
                 host[:, :n] = part
 
-    def _decode_impl(self, embeds, cos, sin, mask, cache: KVCache, start: int, stop: int) -> np.ndarray:
-        if embeds.shape[0] != 1:
-            raise InputError(f"the TensorRT backend decodes batch 1 (got {embeds.shape[0]})")
+    @property
+    def max_decode_batch(self) -> int | None:
+        return 1  # the decoder profiles are batch 1 (engines/profiles.py)
+
+    def _decode_impl(self, embeds, cos, sin, mask, step: KVStep) -> np.ndarray:
+        cache = step.cache
+        if embeds.shape[0] != 1 or cache.batch != 1:
+            raise InputError(f"the TensorRT backend decodes one slot of a one-slot cache (got {embeds.shape[0]} "
+                             f"rows, {cache.batch} slots); use --batch 1 with --backend tensorrt")
+        start = int(step.starts[0])
         eng, kv = self._plans["decoder"], self.manifest.kv
         keys, values = self._device_cache(cache)
         pad = np.full(mask.shape[:-1] + (PAST_PAD,), NEG_INF, dtype=np.float32)
