@@ -144,10 +144,12 @@ def _record_error(out_dir: Path, item: WorkItem, error: Exception) -> dict[str, 
 
 
 def run_batch(items: Iterable[WorkItem], ocr_fn: Callable[[Image.Image], Any], out_dir: str | Path,
-              progress: bool = True, dpi: float = DEFAULT_DPI) -> BatchSummary:
+              progress: bool = True, dpi: float = DEFAULT_DPI,
+              status: Callable[[], str] | None = None) -> BatchSummary:
     """OCR every item not yet done (no `<stem>.md`) and write its files; a failing page is recorded in
     errors.jsonl and the batch goes on. `ocr_fn(page) -> PageResult` (or raw model text, which is
-    post-processed here). KeyboardInterrupt stops the batch; run it again to resume."""
+    post-processed here). KeyboardInterrupt stops the batch; run it again to resume.
+    status: extra text for the progress bar (e.g. tokens/s), asked once per page."""
     items = _unique(items)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +157,7 @@ def run_batch(items: Iterable[WorkItem], ocr_fn: Callable[[Image.Image], Any], o
     summary = BatchSummary()
     with tqdm(total=len(items), disable=not progress, unit="page", desc="dsocr") as bar:
         for item in items:
-            bar.set_postfix_str(item.stem, refresh=False)
+            bar.set_postfix_str(f"{item.stem} {status()}" if status else item.stem, refresh=False)
             if (out_dir / f"{item.stem}.md").exists():
                 summary.skipped += 1
             else:

@@ -26,6 +26,8 @@ TextStreamer; with max_batch 1 the engine decodes through the pipeline's own run
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 import time
 from collections import deque
@@ -267,3 +269,95 @@ class BatchEngine:
         with self._cv:
             self._running.remove(job)
             self._done += 1
+
+
+# -- sizing ----------------------------------------------------------------------------------------
+MAX_DEFAULT_BATCH = 16
+KV_MEMORY_SHARE = 0.25  # the part of available memory the default batch may give to the KV cache
+
+
+def kv_bytes_per_slot(manifest, max_seq_len: int | None = None) -> int:
+    """Bytes one slot's K and V take over all layers at the cache's capacity."""
+    from .kv_cache import KVCache
+
+    kv = manifest.kv
+    seq = kv.max_seq_len if max_seq_len is None else min(int(max_seq_len), kv.max_seq_len)
+    return KVCache.bytes_per_slot(kv.num_layers, kv.num_heads, kv.head_dim, seq, kv.dtype)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux /proc/meminfo MemAvailable, else os.sysconf), or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def default_batch(manifest, max_seq_len: int | None = None, available: int | None = None) -> int:
+    """Slots to decode together by default: as many KV slots as KV_MEMORY_SHARE of the available
+    memory holds, 1..MAX_DEFAULT_BATCH (1 when the available memory is unknown)."""
+    available = available_memory() if available is None else available
+    if not available:
+        return 1
+    per_slot = max(kv_bytes_per_slot(manifest, max_seq_len), 1)
+    return int(max(1, min(MAX_DEFAULT_BATCH, available * KV_MEMORY_SHARE // per_slot)))
+
+
+# -- feeding run_batch -------------------------------------------------------------------------------
+class LookaheadOCR:
+    """An `ocr_fn(page) -> PageResult` for batch.run_batch that keeps the engine's slots busy: before
+    answering a page it submits up to `window` of the pages expected next (`upcoming`: loaders, in
+    the order run_batch will ask). A page is matched to its submission by its pixels, so a page that
+    was not expected (or was skipped) is still answered correctly, just without look-ahead."""
+
+    def __init__(self, engine: "BatchEngine", options: RunOptions, upcoming, window: int | None = None):
+        self.engine, self.options = engine, options
+        self.upcoming = iter(upcoming)  # callables -> PIL image (raising for pages that cannot be read)
+        self.window = window or 2 * engine.max_batch
+        self.pending: deque[tuple[bytes, Future]] = deque()
+
+    @staticmethod
+    def fingerprint(image) -> bytes:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"{image.mode}{image.size}".encode())
+        h.update(image.tobytes())
+        return h.digest()
+
+    def _fill(self) -> None:
+        while len(self.pending) < self.window:
+            load = next(self.upcoming, None)
+            if load is None:
+                return
+            try:
+                page = load()
+            except Exception:  # noqa: BLE001 - run_batch loads it again and records the error
+                continue
+            self.pending.append((self.fingerprint(page), self.engine.submit(page, self.options)))
+
+    def __call__(self, page):
+        from .postprocess import render_markdown
+
+        self._fill()
+        key, future = self.fingerprint(page), None
+        while self.pending:
+            k, f = self.pending.popleft()
+            if k == key:
+                future = f
+                break
+            self.engine.cancel(f)  # expected but skipped by run_batch
+        if future is None:
+            future = self.engine.submit(page, self.options)
+        self._fill()
+        raw, result = future.result()
+        return render_markdown(raw, page).with_generation(result)
+
+    def status(self) -> str:
+        st = self.engine.stats()
+        return f"{st.tokens_per_s:.1f} tok/s, {st.active}/{st.slots} slots"
