@@ -6,14 +6,18 @@ valid entries at [b, :lengths[b]].
 
 One decoder pass over some slots is a `KVStep` (`cache.step(slots, T)`): it says what the graph's
 past_* inputs are bound to and where its present_* outputs [n, T, H, hd] go, then `commit()`s:
-- one slot: past = the contiguous view [b:b+1, :len_b], present = the view [b:b+1, len_b:len_b+T]
-  (written in place, no copy; batch 1 is this case);
-- several slots, "full" bound: past = the contiguous rows [b0:b1] over the whole capacity
-  (P = S_max, no copy; the mask hides each slot's positions >= len_b);
-- several slots, "gather" bound: past = a copy of rows `slots` over [:P], P = the longest slot
-  (attention reads P instead of S_max, at the price of a copy of P entries per layer).
-With several slots the present output is a small staging buffer scattered to [b, len_b:len_b+T] per
-slot in `commit()`. The bound is chosen per step by `KVCache.policy` (see `choose_bound`).
+- one slot ("prefix"): past = the contiguous view [b:b+1, :len_b], present = the view
+  [b:b+1, len_b:len_b+T] (written in place, no copy; batch 1 is this case);
+- several slots, "window" (the default): past = a working copy [n, W, H, hd] of the slots' rows over
+  W = the longest slot rounded up to WINDOW_BUCKET positions; it is gathered only when the set of
+  slots changes, a slot is refilled, or W must grow, and every pass appends to it in place, so a
+  pass reads ~the longest slot, not S_max, and copies nothing per step;
+- several slots, "full": past = the contiguous rows [b0:b1] over the whole capacity (P = S_max,
+  no copy, but attention and the graph's Concat read S_max);
+- several slots, "gather": past = a fresh copy of rows `slots` over [:P], P = the longest slot.
+The mask hides each slot's positions >= len_b. With several slots the present output is a small
+staging buffer scattered to [b, len_b:len_b+T] per slot (and into the window) in `commit()`.
+bench/batching.py measures the bounds (kv_bounds).
 
 Letters: B slots, S_max capacity, P past positions bound, T new tokens, H heads, hd head dim.
 """
@@ -25,11 +29,8 @@ import numpy as np
 
 from .errors import CacheOverflowError, InputError
 
-POLICIES = ("auto", "full", "gather")
-# auto: gather when GATHER_RATIO * P <= S_max. bench/batching.py measures both bounds (kv_bounds);
-# on the demo bundle and a wider reduced model a gathered step cost about as much as a full one
-# with P near S_max / 4 (copy + attention over P vs attention over S_max).
-GATHER_RATIO = 4
+POLICIES = ("auto", "window", "full", "gather")  # auto: window
+WINDOW_BUCKET = 64  # positions the window grows by
 
 
 class KVCache:
@@ -45,6 +46,7 @@ class KVCache:
         self.max_seq_len = max_seq_len
         self.lengths = np.zeros(batch, dtype=np.int64)  # [B]: slot b holds [0, lengths[b])
         self.policy = policy
+        self._window: tuple | None = None  # (slots, W, [(k, v) [n, W, H, hd] per layer])
 
     @staticmethod
     def bytes_per_slot(num_layers: int, num_heads: int, head_dim: int, max_seq_len: int, dtype="float32") -> int:
@@ -70,6 +72,7 @@ class KVCache:
     @length.setter
     def length(self, value: int) -> None:
         self.lengths[:] = int(value)
+        self._window = None
 
     def reserve(self, new_tokens: int) -> tuple[int, int]:
         """Check room for `new_tokens` more in every slot; the common [start, stop) (batch 1 API)."""
@@ -86,6 +89,7 @@ class KVCache:
 
     def commit(self, stop: int) -> None:
         self.lengths[:] = stop
+        self._window = None
 
     def reset(self, slot: int | None = None) -> None:
         """Empty one slot (or all); entries beyond a length are never read, so nothing is cleared."""
@@ -93,6 +97,7 @@ class KVCache:
             self.lengths[:] = 0
         else:
             self.lengths[slot] = 0
+        self._window = None
 
     # -- slots ---------------------------------------------------------------------------------------
     def room(self, slots: Sequence[int], new_tokens: int) -> None:
@@ -105,16 +110,25 @@ class KVCache:
             )
 
     def choose_bound(self, slots: Sequence[int]) -> str:
-        """"prefix" (one slot), "full" or "gather" for a pass over `slots`."""
+        """"prefix" (one slot), else the policy's bound ("window" for auto; "full" needs the
+        slots to be consecutive rows, else it gathers)."""
         if len(slots) == 1:
             return "prefix"
+        if self.policy in ("auto", "window"):
+            return "window"
         contiguous = list(slots) == list(range(slots[0], slots[0] + len(slots)))
-        if self.policy == "gather" or not contiguous:
-            return "gather"
-        if self.policy == "full":
-            return "full"
-        longest = int(self.lengths[list(slots)].max())
-        return "gather" if GATHER_RATIO * longest <= self.max_seq_len else "full"
+        return "full" if self.policy == "full" and contiguous else "gather"
+
+    def window(self, slots: Sequence[int], need: int) -> tuple[int, list]:
+        """The working copy of rows `slots` over W >= need positions: (W, [(k, v)] per layer)."""
+        key = tuple(slots)
+        if self._window is None or self._window[0] != key or self._window[1] < need:
+            w = min(self.max_seq_len, -(-need // WINDOW_BUCKET) * WINDOW_BUCKET)
+            self._window = None  # drop the old copy first
+            bufs = [(np.take(k[:, :w], key, axis=0), np.take(v[:, :w], key, axis=0))
+                    for k, v in zip(self.key, self.value)]
+            self._window = (key, w, bufs)
+        return self._window[1], self._window[2]
 
     def step(self, slots: Sequence[int], new_tokens: int) -> "KVStep":
         """Plan one pass of `new_tokens` over `slots` (raises CacheOverflowError when one is full)."""
@@ -132,8 +146,11 @@ class KVStep:
     def __init__(self, cache: KVCache, slots: list[int], new_tokens: int, bound: str):
         self.cache, self.slots, self.new_tokens, self.bound = cache, slots, new_tokens, bound
         self.starts = cache.lengths[slots].copy()  # [n]
+        self._win = None
         if bound == "prefix":
             self.past_len = int(self.starts[0])
+        elif bound == "window":
+            self.past_len, self._win = cache.window(slots, int(self.starts.max()) + new_tokens)
         elif bound == "full":
             self.past_len = cache.max_seq_len
         else:
@@ -156,6 +173,8 @@ class KVStep:
         k, v, s = self.cache.key[layer], self.cache.value[layer], self.slots
         if self.bound == "prefix":
             return k[s[0]:s[0] + 1, : self.past_len], v[s[0]:s[0] + 1, : self.past_len]
+        if self.bound == "window":
+            return self._win[layer]
         if self.bound == "full":
             return k[s[0]:s[-1] + 1], v[s[0]:s[-1] + 1]
         p = self.past_len
@@ -178,4 +197,10 @@ class KVStep:
             for i, (sk, sv) in enumerate(self._staging):
                 self.cache.key[i][rows, cols] = sk
                 self.cache.value[i][rows, cols] = sv
+                if self._win is not None:
+                    wk, wv = self._win[i]
+                    wk[np.arange(len(self.slots))[:, None], cols] = sk
+                    wv[np.arange(len(self.slots))[:, None], cols] = sv
+        elif self.cache._window is not None and self.slots[0] in self.cache._window[0]:
+            self.cache._window = None  # a slot of the window was written around it
         self.cache.lengths[self.slots] += t

@@ -187,6 +187,31 @@ class Pipeline:
             streamer.end()
         return self.tokenizer.decode(result.ids), result
 
+    def ocr_many(self, sources, options: RunOptions = RunOptions(), batch: int | None = None) -> list:
+        """Many pages decoded together in `batch` slots (default: the pipeline's batch) -> one
+        PageResult, or the exception that page raised, per source, in order."""
+        loaded, futures = [], []
+        with self.engine(batch) as eng:
+            for src in sources:
+                try:
+                    page = load_image(src)
+                    loaded.append(page)
+                    futures.append(eng.submit(page, options))
+                except Exception as e:  # noqa: BLE001 - this page's error, the others go on
+                    loaded.append(None)
+                    futures.append(e)
+        out = []
+        for page, f in zip(loaded, futures):
+            if isinstance(f, Exception):
+                out.append(f)
+                continue
+            try:
+                raw, result = f.result()
+                out.append(render_markdown(raw, page).with_generation(result))
+            except Exception as e:  # noqa: BLE001
+                out.append(e)
+        return out
+
     def engine(self, max_batch: int | None = None, **kwargs):
         """A BatchEngine over this pipeline with `max_batch` slots (default: the pipeline's batch)."""
         from .engine import BatchEngine

@@ -1,7 +1,7 @@
 """Batched decoding equals batch 1: the tiny golden fixture's page decoded in a batch with other pages
 (different prompt lengths, joining at different steps) through the exported graphs (ONNX Runtime).
 
-- greedy ids equal the golden ones in all five modes, under both past bounds (full, gather);
+- greedy ids equal the golden ones in all five modes, under every past bound (window, full, gather);
 - teacher-forced logits of every slot lie within 1e-4 x max|ref| of the batch-1 path;
 - the same comparison fails when one slot's RoPE positions are shifted by one.
 """
@@ -105,7 +105,7 @@ def rel_error(got, ref):
     return float(np.abs(got - ref).max() / max(float(np.abs(ref).max()), 1e-30))
 
 
-@pytest.mark.parametrize("policy", ["full", "gather"])
+@pytest.mark.parametrize("policy", ["window", "full", "gather"])
 def test_batched_greedy_ids_equal_golden_in_every_mode(tiny, policy):
     backend, gold, _ = tiny
     pages = _pages(tiny)

@@ -114,3 +114,16 @@ def test_cli_records_a_too_long_prompt_in_errors_jsonl(demo_bundle, pages, tmp_p
     assert r.exit_code == 1
     (err,) = [json.loads(line) for line in (tmp_path / "o" / "errors.jsonl").read_text().splitlines()]
     assert err["error"] == "CacheOverflowError"
+
+
+def test_ocr_many_equals_ocr_page_by_page(demo_bundle, sample_page):
+    pipe = Pipeline(demo_bundle, batch=3)
+    opts = RunOptions(generation=GenerationOptions(max_new_tokens=6))
+    from PIL import Image
+
+    rotated = Image.open(sample_page).convert("RGB").rotate(90, expand=True)
+    got = pipe.ocr_many([sample_page, b"not an image", rotated], opts)
+    assert isinstance(got[1], Exception)
+    for src, res in ((sample_page, got[0]), (rotated, got[2])):
+        alone = pipe.ocr(src, opts)
+        assert res.markdown == alone.markdown
