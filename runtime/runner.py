@@ -18,7 +18,6 @@ from typing import Sequence
 import numpy as np
 
 from .backends.base import Backend
-from .errors import InputError
 from .kv_cache import KVCache
 from .rope import rope_tables, slot_mask
 
@@ -30,10 +29,6 @@ class BundleRunner:
         self.theta = m.rope_theta
         self.head_dim = m.kv.head_dim
         limit = m.kv.max_seq_len if max_seq_len is None else min(int(max_seq_len), m.kv.max_seq_len)
-        most = backend.max_decode_batch
-        if most is not None and slots > most:
-            raise InputError(f"the {backend.name} backend decodes at most {most} slot(s) per pass, not {slots}; "
-                             f"use --batch {most} with it")
         self.cache = KVCache(m.kv.num_layers, m.kv.num_heads, m.kv.head_dim, limit, batch=slots,
                              dtype=m.kv.dtype, policy=policy)
         cos, sin = rope_tables(np.arange(limit)[None], self.head_dim, self.theta)
@@ -81,8 +76,14 @@ class BundleRunner:
         return self.forward(slots, self.backend.embed(ids))
 
     def forward(self, slots: Sequence[int], embeds: np.ndarray) -> np.ndarray:
-        """embeds [n, T, D] for `slots` -> logits [n, V]. Sizes are checked before anything grows with T."""
+        """embeds [n, T, D] for `slots` -> logits [n, V]. Sizes are checked before anything grows with T.
+        A backend that carries fewer slots per pass (max_decode_batch) gets several passes."""
         n, t = embeds.shape[0], embeds.shape[1]
+        most = self.backend.max_decode_batch
+        if most is not None and n > most:
+            self.cache.room(slots, t)  # all or nothing
+            return np.concatenate([self.forward(slots[k:k + most], embeds[k:k + most]).copy()
+                                   for k in range(0, n, most)])
         step = self.cache.step(slots, t)  # CacheOverflowError here, before the [T, P+T] mask exists
         if n == 1:
             p = int(step.starts[0])
