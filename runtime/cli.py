@@ -40,7 +40,8 @@ def main() -> None:
 @click.option("--threads", type=click.IntRange(1, None), default=None, help="Intra-op threads (default: all cores).")
 @click.option("--batch", type=click.IntRange(1, 256), default=None,
               help="Pages decoded together (slots of one KV cache). Default: from the bundle's KV bytes per "
-                   "slot and the available memory (see `dsocr info`); 1 with --stream or --backend tensorrt.")
+                   "slot and the available memory (see `dsocr info`); 1 with --stream or --backend tensorrt "
+                   "(whose batch-1 decoder profiles run the slots one pass each).")
 @click.option("--stream", is_flag=True, help="Print the model's text as it is generated (one page at a time).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @library_errors
@@ -53,8 +54,8 @@ def run(inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngra
 
     gen = GenerationOptions(max_new_tokens=max_new_tokens, ngram_size=ngram_size, ngram_window=ngram_window)
     options = RunOptions(mode=mode, prompt=prompt, ref=ref, generation=gen)
-    if batch is not None and batch > 1 and (stream or backend == "tensorrt"):
-        raise click.UsageError("--batch > 1 works with --backend ort and without --stream")
+    if batch is not None and batch > 1 and stream:
+        raise click.UsageError("--batch > 1 works without --stream (streamed text comes one page at a time)")
     pipe = Pipeline(bundle, backend=backend, device=device, threads=threads)
     pipe.mode(options.mode)  # a wrong mode fails before any page is read
     if batch is None:

@@ -79,9 +79,11 @@ class Pipeline:
 
     def __init__(self, bundle_dir: str | Path, backend: str = "ort", device: str = "cpu",
                  threads: int | None = None, max_seq_len: int | None = None, batch: int = 1):
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise InputError(f"batch={batch!r} must be an integer >= 1")
         bundle = BundleAssets.load(bundle_dir)
         self._attach(bundle, open_backend(bundle.bundle_dir, bundle.manifest, backend, device, threads), max_seq_len)
-        self.batch = int(batch)  # slots of `ocr_many` / `engine()` (see runtime.engine)
+        self.batch = batch  # slots of `ocr_many` / `engine()` (see runtime.engine)
 
     @classmethod
     def from_assets(cls, bundle: "BundleAssets", backend: Backend, max_seq_len: int | None = None) -> "Pipeline":

@@ -79,7 +79,7 @@ class BundleRunner:
         """embeds [n, T, D] for `slots` -> logits [n, V]. Sizes are checked before anything grows with T.
         A backend that carries fewer slots per pass (max_decode_batch) gets several passes."""
         n, t = embeds.shape[0], embeds.shape[1]
-        most = self.backend.max_decode_batch
+        most = getattr(self.backend, "max_decode_batch", None)  # duck-typed backends (calibration's recorder)
         if most is not None and n > most:
             self.cache.room(slots, t)  # all or nothing
             return np.concatenate([self.forward(slots[k:k + most], embeds[k:k + most]).copy()

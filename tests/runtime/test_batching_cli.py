@@ -127,3 +127,10 @@ def test_ocr_many_equals_ocr_page_by_page(demo_bundle, sample_page):
     for src, res in ((sample_page, got[0]), (rotated, got[2])):
         alone = pipe.ocr(src, opts)
         assert res.markdown == alone.markdown
+
+
+def test_bad_batch_values_are_refused(demo_bundle, pages, tmp_path):
+    with pytest.raises(Exception, match="batch=0"):
+        Pipeline(demo_bundle, batch=0)
+    r = _run(demo_bundle, pages / "a.png", tmp_path / "o", "--batch", "0")
+    assert r.exit_code == 2 and "--batch" in r.output
