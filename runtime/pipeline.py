@@ -167,9 +167,10 @@ class Pipeline:
         mode = self.mode(options.mode)
         views = preprocess(image, mode, max_tiles=options.max_tiles)
         ids, mask = self.prompt_ids(options, mode.n_image_tokens(*views.crop))
-        if len(ids) > self.runner.max_seq_len:
+        limit = getattr(self.runner, "max_seq_len", None) or self.manifest.kv.max_seq_len  # any Runner may stand here
+        if len(ids) > limit:
             raise CacheOverflowError(f"the prompt has {len(ids)} positions but the KV cache holds "
-                                     f"{self.runner.max_seq_len} (max_seq_len); shorten the prompt or use "
+                                     f"{limit} (max_seq_len); shorten the prompt or use "
                                      f"a bundle built with a larger --max-seq-len")
         return options, views, ids, mask
 
