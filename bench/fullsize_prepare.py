@@ -36,7 +36,7 @@ DONE = ".complete"
 def real_config(layers: int | None = None) -> dict:
     """The official DeepSeek-OCR config.json layout with the real sizes (ARCHITECTURE §2); `layers`
     cuts the decoder, SAM and CLIP depths (SAM keeps one global-attention block, its last)."""
-    from dsocr.runtime.config import ModelConfig
+    from dsocr.export.config import ModelConfig
 
     d = ModelConfig()  # defaults are the real sizes
     sam, clip, dec = d.sam, d.clip, d.decoder
@@ -93,8 +93,8 @@ def make_checkpoint(out: Path, layers: int | None) -> None:
     import torch
 
     from dsocr.export.demo import state_shapes
+    from dsocr.export.demo_tokenizer import build_demo_tokenizer
     from dsocr.export.weights import write_rule_checkpoint
-    from dsocr.runtime.tokenizer import build_demo_tokenizer
 
     config = real_config(layers)
     write_rule_checkpoint(out, _Progress(state_shapes(config)), config, dtype=torch.bfloat16, shard_bytes=SHARD_BYTES)

@@ -24,7 +24,7 @@ import onnxruntime as ort
 import torch
 
 from dsocr.export.model.decoder import MoE
-from dsocr.runtime.config import DecoderConfig
+from dsocr.export.config import DecoderConfig
 
 
 def export(moe: MoE, path: Path) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 from dsocr.runtime.kv_cache import KVCache
 from dsocr.runtime.layout import scatter_image_embeds
 from dsocr.runtime.manifest import read_manifest
-from dsocr.runtime.modes import MAX_TILES, get_mode
+from dsocr.runtime.modes import get_mode
 from dsocr.runtime.pipeline import Pipeline, RunOptions
 from dsocr.runtime.preprocess import preprocess
 from dsocr.runtime.runner import BundleRunner
@@ -39,7 +39,7 @@ class Feeds:
         return {k: len(v) for k, v in self.graphs.items()}
 
 
-def vision_feeds(pages: Sequence, mode: str, max_tiles: int = MAX_TILES) -> dict[int, list[Feed]]:
+def vision_feeds(pages: Sequence, mode: str, max_tiles: int | None = None) -> dict[int, list[Feed]]:
     """-> {S: [{"pixel_values": [1, 3, S, S]}, ...]}: global views and tiles, in page order."""
     m = get_mode(mode)
     out: dict[int, list[Feed]] = {}

@@ -1,6 +1,7 @@
 """Calibration pages: user files (PDFs, images, directories of them) or built-in synthetic pages.
 
-Everything comes out as RGB PIL images. PDFs render through the runtime's own `render_pdf`, so a page
+Everything comes out as RGB PIL images. A directory is read by the runtime's one rule (files directly
+in it, not subfolders: runtime.inputs.directory_pages). PDFs render through the runtime's own `render_pdf`, so a page
 is calibrated exactly as `dsocr run` would see it. `synthetic_pages(n, seed)` draws varied pages
 with pymupdf (prose, multi-column text, ruled tables, formulas, CJK, photo-like blocks); the same
 (n, seed, dpi) gives the same pixels on every machine with the same pymupdf.
@@ -17,9 +18,11 @@ from PIL import Image
 
 from dsocr.runtime.errors import BackendUnavailableError, InputError
 from dsocr.runtime.pdf import DEFAULT_DPI, render_pdf
-from dsocr.runtime.preprocess import load_image
+from dsocr.runtime.inputs import IMAGE_SUFFIXES as _SUFFIXES
+from dsocr.runtime.inputs import directory_pages
+from dsocr.runtime.preprocess import image_frame_count, load_image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+IMAGE_SUFFIXES = tuple(sorted(_SUFFIXES))
 PAGE_KINDS = ("prose", "columns", "table", "formula", "cjk", "photo", "mixed")
 SYNTHETIC_DPI = 96  # A4 -> 794 x 1123 px: above every mode's global view, cheap to render
 
@@ -60,29 +63,32 @@ def _pymupdf():
 
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + (".pdf",))
+        return directory_pages(path)  # the one rule of `dsocr run`: not recursive, hidden skipped, sorted
     if path.is_file():
         return [path]
     raise InputError(f"calibration pages: {path} does not exist")
 
 
 def load_pages(sources: Iterable[str | Path], dpi: float = DEFAULT_DPI, limit: int | None = None) -> list[Image.Image]:
-    """Files and directories (searched recursively, sorted) -> RGB pages: every page of each PDF,
-    each image file once. `limit` keeps the first pages only."""
+    """Files and directories -> RGB pages: every page of each PDF, every frame of each image file.
+    A directory gives its page files as `dsocr run` does (runtime.inputs.directory_pages: the files
+    directly in it, not subfolders, hidden ones skipped, sorted by name). `limit` keeps the first pages."""
     pages: list[Image.Image] = []
     for src in sources:
         for f in _files(Path(src)):
             if limit is not None and len(pages) >= limit:
                 return pages
             if f.suffix.lower() == ".pdf":
-                for _, im in render_pdf(f, dpi=dpi):
-                    pages.append(im)
-                    if limit is not None and len(pages) >= limit:
-                        return pages
+                frames = (im for _, im in render_pdf(f, dpi=dpi))
             else:
-                pages.append(load_image(f))
+                frames = (load_image(f, frame=i) for i in range(image_frame_count(f)))
+            for im in frames:
+                pages.append(im)
+                if limit is not None and len(pages) >= limit:
+                    return pages
     if not pages:
-        raise InputError(f"no calibration pages (PDF or {', '.join(IMAGE_SUFFIXES)}) found in {list(sources)}")
+        raise InputError(f"no calibration pages (PDF or {', '.join(IMAGE_SUFFIXES)}) found in {list(sources)} "
+                         "(directories are not searched recursively)")
     return pages
 
 

@@ -12,6 +12,7 @@ that ONNX Runtime runs and TensorRT does not, so these graphs are for CPU edge d
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -45,12 +46,34 @@ def load_with_shapes(path: str | Path) -> onnx.ModelProto:
 def fp16_forced_nodes(graph, role: str, keep_last_layers: int) -> set[str]:
     """Nodes every fp16 graph keeps in fp32: decoder RMSNorms, lm_head and what follows it to the
     logits, router gates, the last layers."""
+    if role == "vision":
+        return encoder_forced_nodes(graph)
     if role != "decoder":
         return set()
     last = last_layer_groups(graph, keep_last_layers)
     gates = {n for n, w in weighted_nodes(graph).items() if always_fp32(w)}
     forced = {n.name for n in graph.node if FP32_SCOPES.search(n.name) or group_of(n.name) in last or n.name in gates}
     return forced | _downstream(graph, {n for n in forced if n.startswith("/lm_head/")})
+
+
+# OCR-2's Qwen2 encoder (inside its vision graphs): RMSNorms computed in fp32 as the official code does,
+# and the Add of the additive attention mask (finfo(float32).min where blocked) feeding each fp32 Softmax.
+ENCODER_FP32_SCOPES = re.compile(r"^/qwen2_model/(?:layers\.\d+/)?(input_layernorm|post_attention_layernorm|norm)/")
+
+
+def encoder_forced_nodes(graph) -> set[str]:
+    """Nodes of an OCR-2 vision graph kept fp32 (none in an OCR-1 graph: it has no /qwen2_model/ scope)."""
+    forced = {n.name for n in graph.node if ENCODER_FP32_SCOPES.search(n.name)}
+    producer = {o: n for n in graph.node for o in n.output}
+    for n in graph.node:
+        if n.op_type != "Softmax" or not n.name.startswith("/qwen2_model/"):
+            continue
+        p = producer.get(n.input[0])
+        while p is not None and p.op_type == "Cast":
+            p = producer.get(p.input[0])
+        if p is not None and p.op_type == "Add":  # scores * scale + mask
+            forced.add(p.name)
+    return forced
 
 
 def _downstream(graph, names: set[str]) -> set[str]:

@@ -22,8 +22,8 @@ import onnx
 from tqdm import tqdm
 
 from dsocr.runtime.errors import InputError
-from dsocr.runtime.manifest import (MANIFEST_NAME, GraphSpec, Manifest, file_entries, read_manifest, replace_dir,
-                                    write_manifest)
+from dsocr.runtime.manifest import (MANIFEST_NAME, GraphSpec, Manifest, file_entries, make_stage_dir, read_manifest,
+                                    replace_dir, write_manifest)
 
 from .feeds import Feed, Feeds, bundle_feeds
 from .groups import group_of, last_layer_groups, num_decoder_layers
@@ -316,7 +316,7 @@ def build_variant(fp32_bundle: str | Path, out_dir: str | Path | None, precision
             pages, pages_label = synthetic_pages(8, 0), "8 synthetic pages (seed 0)"
         calib = CalibrationSource(src, pages, options.decoder_steps, pages_label)
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    stage = make_stage_dir(out.parent, f".{out.name}.partial-")
     try:
         with tempfile.TemporaryDirectory(prefix=f".{out.name}.work-", dir=out.parent) as work, \
                 tqdm(total=len(manifest.graphs), disable=not options.progress, unit="graph") as bar:

@@ -6,15 +6,12 @@ Graphs are parsed from file so external weight data next to them is found. A tim
 a bundle's builds is loaded and saved when given. Progress goes through an IProgressMonitor
 (TensorRT >= 10.0) drawing tqdm bars; without one the build is silent.
 
-engines.json (written last; read by dsocr.runtime.backends.trt):
-  format, format_version, dsocr_version, tensorrt_version, gpu {name, compute_capability},
-  past_pad, bundle {modes, manifest_sha256},
-  plans {graph key: {file, sha256, bytes, onnx {file, sha256}, profile_names, profiles}}
-  where profiles is a list of {input: [min, opt, max]} in profile-index order.
+engines.json (written last; read by dsocr.runtime.backends.trt): the typed EnginesRecord of
+dsocr.runtime.engines_file (its schema, limits and layout are documented there).
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,10 +19,10 @@ from pathlib import Path
 from typing import Sequence
 
 from dsocr.runtime import __version__
-from dsocr.runtime.backends.trt import (ENGINES_DIR, ENGINES_FORMAT, ENGINES_FORMAT_VERSION, ENGINES_NAME,
-                                        PAST_PAD, check_engine_manifest, gpu_info, import_trt)
+from dsocr.runtime.backends.trt import ENGINES_DIR, ENGINES_NAME, PAST_PAD, check_engine_manifest, gpu_info, import_trt
+from dsocr.runtime.engines_file import EnginesRecord, PlanEntry, inside, write_engines
 from dsocr.runtime.errors import BackendUnavailableError, DsocrError, InputError, ManifestError
-from dsocr.runtime.manifest import MANIFEST_NAME, file_entries, read_manifest, sha256_file
+from dsocr.runtime.manifest import MANIFEST_NAME, file_entries, read_manifest, sha256_file, write_manifest
 
 from .parser_support import check_bundle, errors
 from .profiles import Profile, ProfileOptions, graph_profiles
@@ -156,9 +153,24 @@ def _check_graphs(bundle: Path) -> None:
         raise EngineBuildError("\n  ".join([head, *lines]))
 
 
+def _list_engines(bundle: Path, out: Path, names: list[str]) -> None:
+    """Engines inside the bundle are bundle files: list `names` (relative to out) in manifest.files
+    with their SHA-256, replacing any earlier engines entries of out; names [] removes them."""
+    rel = inside(bundle, out)
+    if rel is None:
+        return
+    prefix = "" if rel == "." else rel + "/"
+    manifest = read_manifest(bundle, verify_files=False)
+    files = {k: v for k, v in manifest.files.items()
+             if k != prefix + ENGINES_NAME and not (k.startswith(prefix) and k.endswith(".plan"))}
+    files.update({prefix + n: e for n, e in file_entries(out, names).items()})
+    write_manifest(bundle, dataclasses.replace(manifest, files=files))
+
+
 def build_engines(bundle_dir: str | Path, out_dir: str | Path | None = None,
                   options: EngineBuildOptions = EngineBuildOptions()) -> dict:
-    """Build a plan for every graph of the bundle into out_dir (default <bundle>/engines); write engines.json."""
+    """Build a plan for every graph of the bundle into out_dir (default <bundle>/engines); write engines.json.
+    Engines inside the bundle are listed (with SHA-256) in its manifest.files."""
     bundle = Path(bundle_dir)
     manifest = read_manifest(bundle)  # checks every file's SHA-256
     _check_graphs(bundle)
@@ -166,6 +178,8 @@ def build_engines(bundle_dir: str | Path, out_dir: str | Path | None = None,
     gpu_name, cc = gpu_info()
     out = Path(out_dir) if out_dir else bundle / ENGINES_DIR
     out.mkdir(parents=True, exist_ok=True)
+    manifest_sha = sha256_file(bundle / MANIFEST_NAME)
+    _list_engines(bundle, out, [])  # the old engines leave the contract before they are replaced
     (out / ENGINES_NAME).unlink(missing_ok=True)  # stale until the new one is written last
     plans = {}
     for key, spec in manifest.graphs.items():
@@ -176,22 +190,16 @@ def build_engines(bundle_dir: str | Path, out_dir: str | Path | None = None,
                      timing_cache=out / TIMING_CACHE if options.timing_cache else None,
                      workspace_gb=options.workspace_gb, progress=options.progress)
         entry = file_entries(out, [plan_file])[plan_file]
-        plans[key] = {
-            "file": plan_file, **entry, "build_seconds": round(time.perf_counter() - t0, 1),
-            "onnx": {"file": spec.file, "sha256": manifest.files[spec.file]["sha256"]},
-            "profile_names": [p.name for p in profiles], "profiles": [p.to_json() for p in profiles],
-        }
-    record = {
-        "format": ENGINES_FORMAT, "format_version": ENGINES_FORMAT_VERSION, "dsocr_version": __version__,
-        "tensorrt_version": trt.__version__, "gpu": {"name": gpu_name, "compute_capability": cc},
-        "past_pad": PAST_PAD,
-        "bundle": {"modes": manifest.modes, "manifest_sha256": sha256_file(bundle / MANIFEST_NAME)},
-        "plans": plans,
-    }
-    tmp = out / (ENGINES_NAME + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
-    tmp.replace(out / ENGINES_NAME)
-    return record
+        plans[key] = PlanEntry(file=plan_file, sha256=entry["sha256"], bytes=entry["bytes"],
+                               onnx_file=spec.file, onnx_sha256=manifest.files[spec.file]["sha256"],
+                               profiles=[p.to_json() for p in profiles], profile_names=[p.name for p in profiles],
+                               build_seconds=round(time.perf_counter() - t0, 1))
+    record = EnginesRecord(tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=cc, plans=plans,
+                           past_pad=PAST_PAD, dsocr_version=__version__,
+                           bundle={"modes": manifest.modes, "manifest_sha256": manifest_sha})
+    write_engines(out, record)
+    _list_engines(bundle, out, [ENGINES_NAME, *(p.file for p in plans.values())])
+    return record.to_dict()
 
 
 def engines_current(bundle_dir: str | Path, out_dir: str | Path | None = None) -> bool:

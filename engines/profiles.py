@@ -4,9 +4,10 @@ Letters: B batch, T new tokens, P cached tokens, S = max_seq_len (the KV cache l
 A profile maps every input of a graph to its (min, opt, max) shapes; the symbolic dims of the
 manifest's TensorSpecs (batch, seq, past, total) are filled from one DimRange each.
 
-* vision_{S}: batch 1..1, except the Gundam tile graph (the tile size of a crop mode in the
-  bundle): batch 1..MAX_TILES, opt 6 (a portrait page is 2x3 tiles). The TRT backend splits a
-  larger batch into chunks of the profile's max.
+* vision_{S}: batch 1..1, except the tile graph (the tile size of a crop mode in the bundle: Gundam's
+  640, OCR-2's 768): batch 1..the mode's max tiles (Gundam 9, OCR-2 6; at most options.max_tiles), opt 6
+  (a portrait page is 2x3 tiles). The TRT backend splits a larger batch into chunks of the profile's max.
+  OCR-2's 1024 global view is batch 1..1.
 * embed: seq 1..S (prompt or one step), opt = a typical prompt.
 * decoder: two profiles by default, tried in order by the backend:
     0 decode:  T = 1, past PAST_PAD..PAST_PAD+S-1, opt at a typical context;
@@ -95,13 +96,20 @@ def tile_sizes(manifest: Manifest) -> set[int]:
     return {get_mode(m).image_size for m in manifest.modes if get_mode(m).crop}
 
 
+def tile_batch_max(manifest: Manifest, size: int, options: ProfileOptions) -> int:
+    """Most tiles of `size` one page yields in the bundle's crop modes (Gundam 9, OCR-2 6), capped by options."""
+    limits = [get_mode(m).max_tiles for m in manifest.modes if get_mode(m).crop and get_mode(m).image_size == size]
+    return min(max(limits, default=options.max_tiles), options.max_tiles)
+
+
 def graph_profiles(manifest: Manifest, key: str, options: ProfileOptions = ProfileOptions()) -> list[Profile]:
     spec = manifest.graphs[key]
     s = manifest.kv.max_seq_len
     one = DimRange(1, 1, 1)
     if spec.role == "vision":
         if spec.size in tile_sizes(manifest):
-            batch = DimRange(1, min(OPT_TILE_BATCH, options.max_tiles), options.max_tiles)
+            top = tile_batch_max(manifest, spec.size, options)
+            batch = DimRange(1, min(OPT_TILE_BATCH, top), top)
         else:
             batch = one
         return [_profile("vision", spec, {"batch": batch})]

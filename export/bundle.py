@@ -6,7 +6,6 @@ end, so an interrupted build leaves nothing half-written under the target name.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +13,8 @@ import numpy as np
 from tqdm import tqdm
 
 from dsocr.runtime.errors import CheckpointError, InputError
-from dsocr.runtime.manifest import KVSpec, Manifest, file_entries, replace_dir, write_manifest
-from dsocr.runtime.modes import get_mode
+from dsocr.runtime.manifest import KVSpec, Manifest, file_entries, make_stage_dir, replace_dir, write_manifest
+from dsocr.runtime.modes import check_generation, get_mode
 from dsocr.runtime.prompts import PROMPTS, split_prompt
 from dsocr.runtime.tokenizer import Tokenizer
 
@@ -70,6 +69,7 @@ def _write_graphs(model: DeepseekOCR, stage: Path, sizes: list[int], bar) -> dic
 
 
 DEMO_SOURCE = "<built-in demo>"
+MODEL_TYPES = {"ocr1": "deepseek-ocr", "ocr2": "deepseek-ocr-2"}
 
 
 def build_bundle(checkpoint: str | Path, out_dir: str | Path, options: BuildOptions = BuildOptions(),
@@ -85,18 +85,19 @@ def build_bundle(checkpoint: str | Path, out_dir: str | Path, options: BuildOpti
     if not tok_path.is_file():
         raise CheckpointError(f"{ckpt} has no {TOKENIZER_FILE} (the checkpoint's tokenizer is needed in the bundle)")
     tok = Tokenizer.from_file(tok_path)
-    model = DeepseekOCR.from_pretrained(ckpt)
+    model = DeepseekOCR.from_pretrained(ckpt)  # DeepseekOCR or DeepseekOCR2, from the checkpoint's keys
     model.requires_grad_(False)
+    for m in options.modes:  # an OCR-1 mode for an OCR-2 checkpoint (or the reverse) is refused
+        check_generation(get_mode(m), model.generation)
     cfg = model.config.decoder
     sizes = sorted({s for m in options.modes for s in get_mode(m).vision_sizes})
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    stage = make_stage_dir(out.parent, f".{out.name}.partial-")
     try:
         with tqdm(total=len(sizes) + 3, disable=not options.progress, unit="graph") as bar:
             graphs = _write_graphs(model, stage, sizes, bar)
         shutil.copyfile(tok_path, stage / TOKENIZER_FILE)
-        np.savez(stage / LAYOUT_FILE, image_newline=model.model.image_newline.float().numpy(),
-                 view_separator=model.model.view_seperator.float().numpy())
+        np.savez(stage / LAYOUT_FILE, **model.layout_vectors())  # OCR-2: view_separator only
         names = sorted(p.name for p in stage.iterdir())
         manifest = Manifest(
             modes=list(options.modes), precision="fp32", graphs=graphs,
@@ -105,7 +106,8 @@ def build_bundle(checkpoint: str | Path, out_dir: str | Path, options: BuildOpti
             hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size, rope_theta=cfg.rope_theta,
             special_tokens=tok.special.as_dict(), prompts=prompt_table(tok), tokenizer=TOKENIZER_FILE,
             layout_file=LAYOUT_FILE, files=file_entries(stage, names),
-            source={"checkpoint": source or str(ckpt.resolve()), "model_type": "deepseek-ocr"},
+            source={"checkpoint": source or str(ckpt.resolve()), "model_type": MODEL_TYPES[model.generation]},
+            generation=model.generation,
         )
         write_manifest(stage, manifest)
         replace_dir(stage, out)

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from dsocr.runtime.clickutil import library_errors
-from dsocr.runtime.modes import MODE_NAMES
+from dsocr.runtime.modes import MODE_NAMES, mode_names
 
 MODE_CHOICE = click.Choice(MODE_NAMES + ("all",), case_sensitive=False)
 PRECISION_CHOICES = ("fp32", "fp16", "int8", "int8-weight", "int4-weight")  # dsocr.calibration.variants.PRECISIONS
@@ -19,7 +19,7 @@ PRECISION_CHOICES = ("fp32", "fp16", "int8", "int8-weight", "int4-weight")  # ds
 
 def _modes(values: tuple[str, ...]) -> tuple[str, ...]:
     names = [m.lower() for m in values] or ["small"]
-    return MODE_NAMES if "all" in names else tuple(dict.fromkeys(names))
+    return mode_names("ocr1") if "all" in names else tuple(dict.fromkeys(names))  # all: every OCR-1 mode
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,7 +29,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--mode", "modes", type=MODE_CHOICE, multiple=True, help="Mode(s) to build (repeatable, or 'all'). Default: small.")
+@click.option("--mode", "modes", type=MODE_CHOICE, multiple=True, help="Mode(s) to build (repeatable, or 'all' OCR-1 modes); ocr2 builds DeepSeek-OCR-2. Default: small.")
 @click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Hugging Face checkpoint directory (config.json, safetensors, tokenizer.json). Default: the built-in demo.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -85,8 +85,10 @@ def _build_fp32(modes, checkpoint, out, max_seq_len, force, quiet, engines) -> N
         if checkpoint is None:
             from .demo import write_demo_checkpoint
 
-            click.echo("no --checkpoint: using the built-in demo checkpoint (reduced sizes; its text is meaningless)")
-            checkpoint, source = write_demo_checkpoint(Path(tmp) / "demo"), DEMO_SOURCE
+            generation = _generation(modes)
+            click.echo(f"no --checkpoint: using the built-in demo checkpoint ({generation}; "
+                       "reduced sizes, its text is meaningless)")
+            checkpoint, source = write_demo_checkpoint(Path(tmp) / "demo", generation=generation), DEMO_SOURCE
         else:
             source = None
         manifest = build_bundle(checkpoint, out, opts, source=source)
@@ -101,6 +103,17 @@ def _build_fp32(modes, checkpoint, out, max_seq_len, force, quiet, engines) -> N
 
     result = build_engines(out)
     click.echo(f"built TensorRT engines into {out / 'engines'}: {', '.join(result.get('plans', {})) or 'none'}")
+
+
+def _generation(modes) -> str:
+    """The one model generation of `modes` (a bundle is built for one; OCR-1 and OCR-2 do not mix)."""
+    from dsocr.runtime.modes import get_mode
+
+    gens = sorted({get_mode(m).generation for m in modes})
+    if len(gens) > 1:
+        raise click.ClickException(f"modes {', '.join(modes)} mix model generations ({', '.join(gens)}); "
+                                   "build an OCR-1 bundle and an OCR-2 bundle separately")
+    return gens[0]
 
 
 def _build_variants(fp32_dir, variants, calib, calib_pages, method, cache, force, quiet, engines) -> None:
@@ -191,7 +204,8 @@ def compare(bundle, against, pages, synthetic, seed, modes, max_new_tokens, json
 
 @main.command("check-golden")
 @click.option("--fixture", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-              help="Golden fixture directory (config.json, keys.txt, page.png, golden.npz).")
+              help="Golden fixture directory (config.json, keys.txt, page*.png, golden.npz); OCR-1 or OCR-2, "
+                   "told apart by its keys.")
 @click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
               help="Run dsocr's PyTorch model, or export ONNX graphs and run them with ONNX Runtime.")
 @click.option("--mode", "modes", type=MODE_CHOICE, multiple=True, help="Modes to check (default: all).")
@@ -200,7 +214,7 @@ def check_golden(fixture, backend, modes) -> None:
     """Reproduce a golden fixture in every mode; exit 2 if any tolerance is missed."""
     from .golden import format_table, run_golden
 
-    modes = _modes(modes) if modes else MODE_NAMES
+    modes = _modes(modes) if modes else None  # None: every mode (case) of the fixture's generation
     rows = run_golden(fixture, backend, modes, on_mode=lambda m: click.echo(f"checking {m} ...", err=True))
     click.echo(format_table(rows))
     failed = [r for r in rows if not r.ok]

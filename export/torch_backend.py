@@ -9,7 +9,7 @@ import torch
 from dsocr.runtime.backends.base import Backend
 from dsocr.runtime.kv_cache import KVStep
 from dsocr.runtime.manifest import GraphSpec, KVSpec, Manifest
-from dsocr.runtime.modes import MODES
+from dsocr.runtime.modes import MODES, mode_names
 
 from .model.ocr import DeepseekOCR
 
@@ -17,10 +17,11 @@ from .model.ocr import DeepseekOCR
 def model_manifest(model: DeepseekOCR, max_seq_len: int | None = None) -> Manifest:
     """An in-memory manifest describing `model` (no files): what a Backend needs to know."""
     cfg = model.config.decoder
-    sizes = sorted({s for m in MODES.values() for s in m.vision_sizes})
+    modes = mode_names(model.generation)
+    sizes = sorted({s for m in modes for s in MODES[m].vision_sizes})
     graphs = {f"vision_{s}": GraphSpec("vision", f"<torch:{s}>", [], [], size=s) for s in sizes}
     return Manifest(
-        modes=list(MODES), precision="fp32", graphs=graphs,
+        modes=list(modes), precision="fp32", graphs=graphs, generation=model.generation,
         kv=KVSpec(cfg.num_hidden_layers, cfg.num_attention_heads, cfg.head_dim, "float32",
                   max_seq_len or cfg.max_position_embeddings),
         hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size, rope_theta=cfg.rope_theta,
@@ -35,9 +36,10 @@ class TorchBackend(Backend):
         super().__init__(".", model_manifest(model, max_seq_len))
         self.model = model.eval().requires_grad_(False)
 
-    def layout_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        m = self.model.model
-        return m.image_newline.float().numpy(), m.view_seperator.float().numpy()
+    def layout_vectors(self) -> tuple[np.ndarray | None, np.ndarray]:
+        """(image_newline [D] or None (OCR-2 has none), view_separator [D])."""
+        vec = self.model.layout_vectors()
+        return vec.get("image_newline"), vec["view_separator"]
 
     @torch.no_grad()
     def _vision_impl(self, graph_file: str, pixel_values: np.ndarray) -> np.ndarray:

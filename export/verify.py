@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from dsocr.runtime.backends.base import Backend
-from dsocr.runtime.layout import assemble_prompt, layout_image_embeds, scatter_image_embeds
+from dsocr.runtime.layout import assemble_prompt, layout_views, scatter_image_embeds
 from dsocr.runtime.manifest import read_manifest
 from dsocr.runtime.modes import get_mode
 from dsocr.runtime.preprocess import load_image, preprocess
@@ -43,7 +43,7 @@ def _run(backend: Backend, layout, page, mode_name: str, prompt_ids, steps: int)
     views = preprocess(page, mode)
     g = backend.vision(views.global_view)[0]
     t = backend.vision(views.tiles) if len(views.tiles) else None
-    embeds = layout_image_embeds(g, t, views.crop, *layout)
+    embeds = layout_views(mode.newlines, g, t, views.crop, *layout)
     ids, mask = assemble_prompt(prompt_ids[0], prompt_ids[1], len(embeds), prompt_ids[2], prompt_ids[3])
     prompt = scatter_image_embeds(backend.embed(ids[None])[0], mask, embeds)
     runner = BundleRunner(backend, max_seq_len=len(ids) + steps + 1)
@@ -69,11 +69,11 @@ def verify_bundle(bundle_dir: str | Path, checkpoint: str | Path | None = None, 
     with tempfile.TemporaryDirectory(prefix="dsocr-verify-") as tmp:
         ckpt = checkpoint or manifest.source.get("checkpoint", "")
         if checkpoint is None and ckpt == DEMO_SOURCE:
-            ckpt = write_demo_checkpoint(Path(tmp) / "demo")
+            ckpt = write_demo_checkpoint(Path(tmp) / "demo", generation=manifest.generation)
         torch_be = TorchBackend(DeepseekOCR.from_pretrained(Path(ckpt)))
     ort_be = OrtBackend(bundle, manifest)
     lay = np.load(bundle / manifest.layout_file)
-    layout = (lay["image_newline"], lay["view_separator"])
+    layout = (lay["image_newline"] if "image_newline" in lay.files else None, lay["view_separator"])  # OCR-2: none
     tok = Tokenizer.from_file(bundle / manifest.tokenizer)
     doc = manifest.prompts["document"]
     ids = (doc["before"], doc["after"], tok.special.image, tok.special.bos)

@@ -99,6 +99,41 @@ def checkpoint_files(ckpt_dir: str | Path) -> list[Path]:
     return files
 
 
+def checkpoint_keys(ckpt_dir: str | Path) -> set[str]:
+    """Every tensor name of a checkpoint, read from the safetensors headers (no tensor is loaded)."""
+    from safetensors import SafetensorError, safe_open
+
+    keys: set[str] = set()
+    for f in checkpoint_files(ckpt_dir):
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                keys.update(st.keys())
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"cannot read {f} (truncated or corrupt safetensors?): {e}") from e
+    return keys
+
+
+def detect_generation(source: str | Path | Iterable[str]) -> str:
+    """"ocr1" or "ocr2" from a checkpoint's key names (both share `model_type`).
+
+    OCR-2: `model.qwen2_model.*` present and neither `model.vision_model.*` nor `model.image_newline`;
+    OCR-1: `model.vision_model.*` present and no `model.qwen2_model.*`. Anything else is refused.
+    """
+    keys = checkpoint_keys(source) if isinstance(source, (str, Path)) else set(source)
+    qwen2 = any(k.startswith("model.qwen2_model.") for k in keys)
+    clip = any(k.startswith("model.vision_model.") for k in keys)
+    newline = "model.image_newline" in keys
+    if qwen2 and not clip and not newline:
+        return "ocr2"
+    if clip and not qwen2:
+        return "ocr1"
+    raise CheckpointError(
+        "cannot tell the DeepSeek-OCR generation from the checkpoint's keys: "
+        f"model.qwen2_model.* {'present' if qwen2 else 'absent'}, model.vision_model.* {'present' if clip else 'absent'}, "
+        f"model.image_newline {'present' if newline else 'absent'} (OCR-1 has CLIP and the newline, OCR-2 the Qwen2 "
+        "encoder and neither)")
+
+
 def load_state_dict(ckpt_dir: str | Path, dtype: torch.dtype | None = torch.float32) -> dict[str, torch.Tensor]:
     """Read every tensor of a checkpoint; `dtype=None` keeps the stored dtype (bf16 stays bf16)."""
     from safetensors import SafetensorError

@@ -29,6 +29,9 @@ class ManifestError(DsocrError):
     """A bundle whose manifest is missing, of another format version, or does not match its files."""
 
 
+BundleError = ManifestError  # the issue tracker's name for it: a bundle that is malformed or does not match
+
+
 class EngineMismatchError(ManifestError):
     """A TensorRT plan built for another TensorRT version or GPU."""
 
@@ -39,3 +42,11 @@ class CacheOverflowError(InputError):
 
 class BackendUnavailableError(DsocrError, ImportError):
     """An optional backend library is not installed; the message names the extra to install."""
+
+
+class OutputError(DsocrError):
+    """An output directory that cannot be written: disk full, read-only, not a directory."""
+
+
+class OutputBusyError(OutputError):
+    """Another dsocr run holds the output directory's lock."""

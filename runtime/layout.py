@@ -3,8 +3,10 @@
 Letters: T = prompt length, N = image tokens, D = hidden size, g = global token grid side,
 l = tile token grid side, (w, h) = tile columns and rows, n = w * h tiles.
 
-Embedding order of one image: the tiles stitched into one (l*h) x (l*w) grid, each of its rows followed
-by `newline`; then the g x g global grid, each row followed by `newline`; then one `separator`.
+Embedding order of one image (OCR-1): the tiles stitched into one (l*h) x (l*w) grid, each of its rows
+followed by `newline`; then the g x g global grid, each row followed by `newline`; then one `separator`.
+OCR-2 (`mode.newlines` False): every tile's l*l rows, tile by tile (row-major over the grid), then the
+global view's g*g rows, then one `separator`; no newline, no 2-D re-layout.
 """
 from __future__ import annotations
 
@@ -83,6 +85,41 @@ def layout_image_embeds(global_feats: np.ndarray, tile_feats: np.ndarray | None,
     parts.append(_with_newlines(global_feats.reshape(g, g, d), newline))
     parts.append(separator[None])
     return np.concatenate(parts, axis=0)
+
+
+def layout_flat_embeds(global_feats: np.ndarray, tile_feats: np.ndarray | None, crop: tuple[int, int],
+                       separator: np.ndarray) -> np.ndarray:
+    """OCR-2: global_feats [g*g, D]; tile_feats [n, l*l, D] or None -> [n*l*l + g*g + 1, D]."""
+    global_feats = np.asarray(global_feats)
+    if global_feats.ndim != 2:
+        raise InputError(f"global features must be [g*g, D], got shape {global_feats.shape}")
+    d, dtype = global_feats.shape[1], global_feats.dtype
+    separator = np.asarray(separator, dtype=dtype).reshape(-1)
+    if separator.shape != (d,):
+        raise InputError(f"separator {separator.shape} must be ({d},)")
+    w, h = (int(c) for c in crop)
+    parts = []
+    if tile_feats is not None and len(tile_feats):
+        tile_feats = np.asarray(tile_feats, dtype=dtype)
+        if tile_feats.ndim != 3 or tile_feats.shape[2] != d:
+            raise InputError(f"tile features must be [n, l*l, {d}], got shape {tile_feats.shape}")
+        if tile_feats.shape[0] != w * h:
+            raise InputError(f"{tile_feats.shape[0]} tile features for a {w}x{h} tile grid (needs {w * h})")
+        parts.append(tile_feats.reshape(-1, d))
+    elif w * h != 1:
+        raise InputError(f"crop {w}x{h} announces tiles but no tile features were given")
+    parts += [global_feats, separator[None]]
+    return np.concatenate(parts, axis=0)
+
+
+def layout_views(newlines: bool, global_feats: np.ndarray, tile_feats: np.ndarray | None, crop: tuple[int, int],
+                 newline: np.ndarray | None, separator: np.ndarray) -> np.ndarray:
+    """The mode's layout (`mode.newlines`): OCR-1's rows with newlines, or OCR-2's flat runs."""
+    if newlines:
+        if newline is None:
+            raise InputError("this layout needs an image_newline vector, and the bundle has none")
+        return layout_image_embeds(global_feats, tile_feats, crop, newline, separator)
+    return layout_flat_embeds(global_feats, tile_feats, crop, separator)
 
 
 def scatter_image_embeds(text_embeds: np.ndarray, images_seq_mask: np.ndarray,

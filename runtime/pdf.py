@@ -45,7 +45,11 @@ def open_pdf(path: str | Path):
         if doc.needs_pass:
             raise PDFError(f"{path}: the PDF is encrypted and needs a password; decrypt it first "
                            f"(e.g. `qpdf --decrypt --password=... in.pdf out.pdf`)")
-        if doc.page_count < 1:
+        try:
+            count = doc.page_count
+        except Exception as e:  # MuPDF: "Invalid number of pages" for a lying /Count or /Kids tree
+            raise PDFError(f"{path}: the page tree is corrupt ({type(e).__name__}: {e})") from e
+        if count < 1:
             raise PDFError(f"{path}: the PDF has no pages (corrupt or empty)")
         yield doc
     finally:
@@ -97,7 +101,7 @@ def render_pdf(path: str | Path, dpi: float = DEFAULT_DPI, pages: Iterable[int] 
     The file and every index are checked now (PDFError at the call, not at the first next()); pages
     are rendered one at a time as the iterator is consumed.
     """
-    if not 0 < dpi <= 2400:
+    if not 0 < dpi <= 2400:  # NaN fails this too
         raise InputError(f"dpi={dpi} must lie in (0, 2400]")
     path = Path(path)
     with open_pdf(path) as doc:

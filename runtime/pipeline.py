@@ -13,9 +13,9 @@ import numpy as np
 from .backends.base import Backend
 from .decoding import GenerationOptions, GenerationResult, TextStreamer, generate
 from .errors import CacheOverflowError, InputError, ModeError
-from .layout import assemble_prompt, layout_image_embeds, scatter_image_embeds
-from .manifest import Manifest, read_manifest
-from .modes import MAX_TILES, Mode, get_mode
+from .layout import assemble_prompt, layout_views, scatter_image_embeds
+from .manifest import Manifest, bundle_file, read_layout, read_manifest
+from .modes import MAX_TILES, Mode, check_generation, get_mode
 from .postprocess import PageResult, render_markdown
 from .preprocess import load_image, preprocess
 from .prompts import get_prompt, split_prompt
@@ -32,13 +32,13 @@ class RunOptions:
     mode: str | None = None  # default: the bundle's first mode
     prompt: str = "document"  # a template name (document, ocr, free, figure, describe, locate) or text with <image>
     ref: str | None = None  # the referring expression for the `locate` prompt
-    max_tiles: int = MAX_TILES
+    max_tiles: int | None = None  # default: the mode's (OCR-1 9, OCR-2 6)
     generation: GenerationOptions = field(default_factory=GenerationOptions)
 
     def __post_init__(self):
         if self.mode is not None:
             get_mode(self.mode)
-        if not 2 <= int(self.max_tiles) <= 9:
+        if self.max_tiles is not None and not 2 <= int(self.max_tiles) <= MAX_TILES:
             raise InputError(f"max_tiles={self.max_tiles} must lie in 2..9")
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InputError("prompt must be a template name or a text containing <image>")
@@ -63,15 +63,14 @@ class BundleAssets:
     bundle_dir: Path
     manifest: Manifest
     tokenizer: Tokenizer
-    layout: tuple[np.ndarray, np.ndarray]  # image_newline [D], view_separator [D]
+    layout: tuple[np.ndarray | None, np.ndarray]  # image_newline [D] (None for OCR-2), view_separator [D]
 
     @classmethod
     def load(cls, bundle_dir: str | Path) -> "BundleAssets":
         path = Path(bundle_dir)
         manifest = read_manifest(path)
-        lay = np.load(path / manifest.layout_file)
-        return cls(path, manifest, Tokenizer.from_file(path / manifest.tokenizer),
-                   (lay["image_newline"], lay["view_separator"]))
+        tokenizer = Tokenizer.from_file(bundle_file(path, manifest, manifest.tokenizer, "manifest.tokenizer"))
+        return cls(path, manifest, tokenizer, read_layout(path, manifest))
 
 
 class Pipeline:
@@ -101,6 +100,7 @@ class Pipeline:
 
     def mode(self, name: str | None) -> Mode:
         mode = get_mode(name or self.manifest.modes[0])
+        check_generation(mode, self.manifest.generation)
         if mode.name not in self.manifest.modes:
             raise ModeError(
                 f"this bundle was built for mode(s) {', '.join(self.manifest.modes)}, not {mode.name!r}; "
@@ -108,12 +108,12 @@ class Pipeline:
             )
         return mode
 
-    def image_embeddings(self, image, mode: Mode, max_tiles: int = MAX_TILES) -> tuple[np.ndarray, tuple[int, int]]:
+    def image_embeddings(self, image, mode: Mode, max_tiles: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
         """-> (image embeddings [N, D] in prompt order, crop (w tiles, h tiles))."""
         views = preprocess(image, mode, max_tiles=max_tiles)
         global_feats = self.backend.vision(views.global_view)[0]
         tile_feats = self.backend.vision(views.tiles) if len(views.tiles) else None
-        return layout_image_embeds(global_feats, tile_feats, views.crop, *self.layout), views.crop
+        return layout_views(mode.newlines, global_feats, tile_feats, views.crop, *self.layout), views.crop
 
     def prompt_ids(self, options: RunOptions, n_image_tokens: int) -> tuple[np.ndarray, np.ndarray]:
         """-> (input_ids [T], images_seq_mask [T])."""
@@ -153,10 +153,10 @@ class Pipeline:
             return [e if i in ok else s for i, s in enumerate(staged)]
         out = list(staged)
         for j, i in enumerate(ok):
-            opts, views, ids, mask = staged[i]
+            opts, views, ids, mask, mode = staged[i]
             tiles = feats[len(ok) + j] if views.n_tiles else None
             try:
-                embeds = layout_image_embeds(feats[j][0], tiles, views.crop, *self.layout)
+                embeds = layout_views(mode.newlines, feats[j][0], tiles, views.crop, *self.layout)
                 out[i] = PreparedPage(scatter_image_embeds(self.backend.embed(ids[None])[0], mask, embeds),
                                       self._generation_options(opts), (self.tokenizer.special.eos,))
             except Exception as e:  # noqa: BLE001
@@ -172,7 +172,7 @@ class Pipeline:
             raise CacheOverflowError(f"the prompt has {len(ids)} positions but the KV cache holds "
                                      f"{limit} (max_seq_len); shorten the prompt or use "
                                      f"a bundle built with a larger --max-seq-len")
-        return options, views, ids, mask
+        return options, views, ids, mask, mode
 
     def _generation_options(self, options: RunOptions) -> GenerationOptions:
         gen = options.generation

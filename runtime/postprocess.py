@@ -12,7 +12,7 @@ import io
 import json
 import os
 import re
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,20 +164,60 @@ def render_markdown(raw_text: str, page: Image.Image | None, image_dir_name: str
 
 
 # -- writing ---------------------------------------------------------------------------------------
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write to a temp file in the same directory, fsync, then os.replace: readers see the old file
-    or the whole new one, never a part. The temp file is removed if anything fails."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+TEMP_PREFIX, TEMP_SUFFIX = ".dsocr-", ".tmp"  # temp names of our own: .dsocr-<12 hex>.tmp (22 bytes)
+TEMP_NAME = re.compile(r"\.dsocr-[0-9a-f]{12}\.tmp\Z")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether `name` is one of the temp names this module creates (the only files a cleanup may delete)."""
+    return TEMP_NAME.match(name) is not None
+
+
+def _write_temp(directory: Path, data: bytes) -> Path:
+    """data -> a new temp file in directory (short name of our own, never an existing file or a symlink),
+    created with the umask's permissions as open() would, written and fsync'ed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = directory / f"{TEMP_PREFIX}{secrets.token_hex(6)}{TEMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write to a temp file in the same directory, fsync, then os.replace: readers see the old file
+    or the whole new one, never a part. The temp file is removed if anything fails."""
+    path = Path(path)
+    tmp = _write_temp(path.parent, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -193,11 +233,24 @@ def jpeg_bytes(image: Image.Image, quality: int = JPEG_QUALITY) -> bytes:
 
 
 def save_page(result: PageResult, out_dir: str | Path, stem: str, extra: dict[str, Any] | None = None) -> Path:
-    """Write figures (out_dir/image_dir/*.jpg), `stem.json` (boxes and metadata, plus `extra`), then
-    `stem.md` last, each atomically: an existing `stem.md` means the page is complete. -> the .md path."""
+    """Write a page's figures (out_dir/image_dir/*.jpg), `stem.json` (boxes and metadata, plus `extra`)
+    and `stem.md`: all under temp names first, then renamed into place, `stem.md` last, so an existing
+    `stem.md` means the page is complete; on any failure no temp file is left. -> the .md path."""
     out_dir = Path(out_dir)
-    for name, crop in result.figures:
-        atomic_write_bytes(out_dir / result.image_dir / name, jpeg_bytes(crop))
     record = {**(extra or {}), **result.to_dict()}
-    atomic_write_text(out_dir / f"{stem}.json", json.dumps(record, ensure_ascii=False, indent=2) + "\n")
-    return atomic_write_text(out_dir / f"{stem}.md", result.markdown)
+    staged: list[tuple[Path, Path]] = []  # (temp, final), renamed in this order
+    try:
+        for name, crop in result.figures:
+            final = out_dir / result.image_dir / name
+            staged.append((_write_temp(final.parent, jpeg_bytes(crop)), final))
+        text = json.dumps(record, ensure_ascii=False, indent=2) + "\n"
+        staged.append((_write_temp(out_dir, text.encode("utf-8")), out_dir / f"{stem}.json"))
+        staged.append((_write_temp(out_dir, result.markdown.encode("utf-8")), out_dir / f"{stem}.md"))
+        for tmp, final in staged:
+            os.replace(tmp, final)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(out_dir)
+    return out_dir / f"{stem}.md"

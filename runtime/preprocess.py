@@ -1,7 +1,8 @@
 """Page image -> normalised encoder inputs, exactly as the official code (ARCHITECTURE §3.2, §4).
 
-Letters: S = global view side (mode.base_size), T = tile side (mode.image_size, 640 in Gundam),
-n = number of tiles = w * h (w tile columns, h tile rows). Arrays are float32, channels first.
+Letters: S = global view side (mode.base_size), T = tile side (mode.image_size: 640 in Gundam, 768 in
+OCR-2), n = number of tiles = w * h (w tile columns, h tile rows). Arrays are float32, channels first.
+Both generations share these steps; the mode's data picks the sizes and the tile range.
 Resizing is done by Pillow itself (BICUBIC, 8-bit intermediate): a numpy resize is not pixel-identical.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, InputError
+from .inputs import display_path
 from .modes import MAX_TILES, MIN_TILES, TILE, Mode, get_mode
 
 MAX_PIXELS = 100_000_000  # ~300 MB as RGB8; the same cap as a rendered PDF page
@@ -29,7 +31,7 @@ class Views:
     """Encoder inputs of one page."""
 
     global_view: np.ndarray  # [1, 3, S, S] float32
-    tiles: np.ndarray  # [n, 3, T, T] float32; [0, 3, 640, 640] without tiles
+    tiles: np.ndarray  # [n, 3, T, T] float32; [0, 3, T, T] without tiles (T = 640 in non-crop modes)
     crop: tuple[int, int]  # (w tiles, h tiles); (1, 1) without tiles
 
     @property
@@ -69,25 +71,30 @@ def _open(src, what: str) -> Image.Image:
             return Image.open(fp)
     except Image.DecompressionBombError as e:
         raise ImageError(f"{what} is too large to decode safely: {e}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, NotImplementedError) as e:
         raise ImageError(f"{what} is not a readable image ({e})") from None
 
 
-def load_image(src, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """A path, encoded bytes or a PIL image -> an RGB PIL image, EXIF orientation applied.
+def load_image(src, max_pixels: int = MAX_PIXELS, frame: int = 0) -> Image.Image:
+    """A path, encoded bytes or a PIL image -> an RGB PIL image, EXIF orientation applied. The one
+    image loader of dsocr (`dsocr run`, the Python API, the C API and calibration all read pages here).
 
-    Raises ImageError for a missing file, undecodable or truncated data, an empty image, or one with
-    more than `max_pixels` pixels (checked from the header, before decoding).
+    frame: which frame of a multi-frame file (TIFF pages, GIF/WebP animation frames), 0-based.
+    Raises ImageError for a missing file, undecodable or truncated data, an empty image, a frame out
+    of range, or one with more than `max_pixels` pixels (checked from the header, before decoding).
     """
     if isinstance(src, Image.Image):
         what, im = "image", src
     elif isinstance(src, (str, os.PathLike, bytes, bytearray, memoryview)):
-        what = "image data" if isinstance(src, (bytes, bytearray, memoryview)) else str(src)
+        what = "image data" if isinstance(src, (bytes, bytearray, memoryview)) else display_path(src)
         im = _open(src, what)
     else:
         raise ImageError(f"cannot read an image from a {type(src).__name__}; pass a path, bytes or a PIL image")
-    _check_size(im.width, im.height, max_pixels, what)
+    opened = None if im is src else im
     try:
+        if frame:
+            _seek(im, frame, what)
+        _check_size(im.width, im.height, max_pixels, what)
         with warnings.catch_warnings():  # our own limit applies; Pillow's bomb warning is noise here
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im.load()
@@ -95,8 +102,30 @@ def load_image(src, max_pixels: int = MAX_PIXELS) -> Image.Image:
             return im.convert("RGB")
     except Image.DecompressionBombError as e:
         raise ImageError(f"{what} is too large to decode safely: {e}") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, NotImplementedError, EOFError) as e:
         raise ImageError(f"{what} could not be decoded ({e})") from None
+    finally:
+        if opened is not None:
+            opened.close()
+
+
+def _seek(im: Image.Image, frame: int, what: str) -> None:
+    n = getattr(im, "n_frames", 1)
+    if not 0 <= frame < n:
+        raise ImageError(f"{what} has {n} frame(s); frame {frame} does not exist")
+    im.seek(frame)
+
+
+def image_frame_count(src) -> int:
+    """Frames (pages) of an image file: TIFF pages, GIF/WebP/APNG animation frames; 1 for the rest."""
+    what = display_path(src) if isinstance(src, (str, os.PathLike)) else "image data"
+    im = _open(src, what)
+    try:
+        return max(1, int(getattr(im, "n_frames", 1)))
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"{what} could not be decoded ({e})") from None
+    finally:
+        im.close()
 
 
 def image_from_rgb(buf, width: int, height: int, stride: int | None = None,
@@ -194,13 +223,16 @@ def global_view(image: Image.Image, mode: Mode) -> Image.Image:
     return image.resize((s, s), Image.Resampling.BICUBIC)
 
 
-def preprocess(image, mode: Mode | str, max_tiles: int = MAX_TILES, min_tiles: int = MIN_TILES) -> Views:
+def preprocess(image, mode: Mode | str, max_tiles: int | None = None, min_tiles: int | None = None) -> Views:
     """A page (PIL image, or anything load_image reads) -> the encoder inputs for `mode`.
 
-    A PIL image is used as given (converted to RGB if needed); pass it through load_image first
-    to get the official EXIF handling.
+    max_tiles / min_tiles default to the mode's (OCR-1 Gundam 2..9, OCR-2 2..6). Tiles only when the page
+    exceeds the tile side on a side. A PIL image is used as given (converted to RGB if needed); pass it
+    through load_image first to get the official EXIF handling.
     """
     mode = get_mode(mode) if isinstance(mode, str) else mode
+    max_tiles = mode.max_tiles if max_tiles is None else max_tiles
+    min_tiles = mode.min_tiles if min_tiles is None else min_tiles
     _check_tiles(min_tiles, max_tiles)
     if isinstance(image, Image.Image):
         _check_size(image.width, image.height, math.inf, "image")  # the pixel cap is load_image's job
@@ -211,7 +243,8 @@ def preprocess(image, mode: Mode | str, max_tiles: int = MAX_TILES, min_tiles: i
     t = mode.image_size
     grid = find_tile_grid(image.width, image.height, min_tiles, max_tiles, t) if mode.crop else (1, 1)
     if grid == (1, 1):
-        tiles = np.zeros((0, 3, TILE, TILE), np.float32)
+        side = t if mode.crop else TILE
+        tiles = np.zeros((0, 3, side, side), np.float32)
     else:
         tiles = np.stack([to_chw(p) for p in cut_tiles(image, grid, t)])  # [n, 3, T, T]
     return Views(global_view=glob, tiles=tiles, crop=grid)

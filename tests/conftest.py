@@ -1,4 +1,4 @@
-"""Shared fixtures: the repository root and the golden fixture directory (skipped when absent)."""
+"""Shared fixtures: the repository root, the vendored golden fixtures (never skipped) and a demo bundle."""
 from pathlib import Path
 
 import pytest
@@ -39,7 +39,6 @@ def reference_dir() -> Path:
 @pytest.fixture(scope="session")
 def demo_bundle(tmp_path_factory) -> Path:
     """A Small-mode fp32 bundle of the built-in demo checkpoint, built once per test session."""
-    pytest.importorskip("torch")
     from dsocr.export.bundle import DEMO_SOURCE, BuildOptions, build_bundle
     from dsocr.export.demo import write_demo_checkpoint
 
@@ -58,3 +57,17 @@ def sample_page(repo_root) -> Path:
 @pytest.fixture(scope="session")
 def sample_pdf(repo_root) -> Path:
     return repo_root / "runtime" / "data" / "sample.pdf"
+
+
+@pytest.fixture(scope="session")
+def ocr2_demo_bundle(tmp_path_factory) -> Path:
+    """An ocr2-mode fp32 bundle of the built-in OCR-2 demo checkpoint, built once per test session."""
+    pytest.importorskip("torch")
+    from dsocr.export.bundle import DEMO_SOURCE, BuildOptions, build_bundle
+    from dsocr.export.demo import write_demo_checkpoint
+
+    root = tmp_path_factory.mktemp("demo-ocr2")
+    ckpt = write_demo_checkpoint(root / "ckpt", generation="ocr2")
+    out = root / "bundle"
+    build_bundle(ckpt, out, BuildOptions(modes=("ocr2",), max_seq_len=2048, progress=False), source=DEMO_SOURCE)
+    return out

@@ -1,5 +1,6 @@
 """The wheel holds every module (a subpackage missing from pyproject would silently drop out of it,
 while an editable install hides that) and each module imports from the wheel alone."""
+import re
 import site
 import subprocess
 import sys
@@ -52,3 +53,26 @@ def test_every_module_imports_from_the_wheel_alone(wheel, repo_root, tmp_path):
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert str(tmp_path / "site") in out.stdout
+
+
+def readme_test_command(repo_root: Path) -> str:
+    text = (repo_root / "README.md").read_text(encoding="utf-8")
+    block = text.split("\nTests:\n", 1)[1]
+    return re.search(r"```bash\n(.*?)\n```", block, re.S).group(1).strip()
+
+
+def test_ci_runs_the_readme_test_command_in_a_fresh_venv(repo_root):
+    """.ci/run makes its own virtual environment (never --system-site-packages), installs the CPU torch
+    first, runs the README's test command verbatim inside it, then the fresh-install tier."""
+    command = readme_test_command(repo_root)
+    assert command.startswith('pip install "torch==2.13.0"') and "python -m pytest" in command
+    lines = [ln.strip() for ln in (repo_root / ".ci" / "run").read_text().splitlines() if not ln.lstrip().startswith("#")]
+    script = "\n".join(lines)
+    assert "--system-site-packages" not in script
+    venv = next(i for i, ln in enumerate(lines) if re.match(r"python3? -m venv ", ln))
+    activate = next(i for i, ln in enumerate(lines) if ln.startswith("source ") and ln.endswith('/bin/activate"'))
+    torch = next(i for i, ln in enumerate(lines) if 'pip install -q "torch==2.13.0"' in ln)
+    readme = next(i for i, ln in enumerate(lines) if command in ln)
+    slow = next(i for i, ln in enumerate(lines) if "-m slow tests/test_fresh_install.py" in ln)
+    assert venv < activate < torch < readme < slow
+    assert "-eq 5" in script  # pytest's exit 5 (no test ran) is turned into a failure

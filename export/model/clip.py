@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsocr.runtime.config import ClipConfig
+from dsocr.export.config import ClipConfig
 
 
 def resize_clip_pos(table: torch.Tensor, grid: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsocr.runtime.config import DecoderConfig
+from dsocr.export.config import DecoderConfig
 
 
 class RMSNorm(nn.Module):

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from dsocr.runtime.config import ModelConfig
+from dsocr.export.config import ModelConfig
+from dsocr.runtime.errors import CheckpointError
 from dsocr.runtime.modes import DOWNSAMPLE, PATCH
 
-from ..weights import OPTIONAL_KEYS, check_state_dict, load_state_dict
+from ..weights import OPTIONAL_KEYS, check_state_dict, detect_generation, load_state_dict
 from .clip import ClipTrunk
 from .decoder import DecoderLayer, RMSNorm
 from .sam import SamEncoder
@@ -47,22 +49,35 @@ class OCRBody(nn.Module):
 
 
 class DeepseekOCR(nn.Module):
+    generation = "ocr1"
+    body = OCRBody  # the `model.` subtree
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.model = OCRBody(cfg)
+        self.model = self.body(cfg)
         self.lm_head = nn.Linear(cfg.decoder.hidden_size, cfg.decoder.vocab_size, bias=False)
 
     @classmethod
     def from_pretrained(cls, ckpt_dir: str | Path, dtype: torch.dtype = torch.float32) -> "DeepseekOCR":
-        """Strict load of an official checkpoint; dtype=torch.bfloat16 keeps bf16 weights as they are."""
-        cfg = ModelConfig.from_file(ckpt_dir)
+        """Strict load of an official checkpoint; dtype=torch.bfloat16 keeps bf16 weights as they are.
+
+        On DeepseekOCR itself the generation is read from the checkpoint's keys and the matching class
+        (DeepseekOCR or DeepseekOCR2) is built; on a subclass a checkpoint of the other generation is refused.
+        """
+        if not (Path(ckpt_dir) / "config.json").is_file():
+            raise CheckpointError(f"no config.json at {Path(ckpt_dir) / 'config.json'}")
+        generation = detect_generation(ckpt_dir)
+        target = model_class(generation) if cls is DeepseekOCR else cls
+        if target.generation != generation:
+            raise CheckpointError(f"{ckpt_dir} is a DeepSeek-{generation.upper()} checkpoint, not {target.generation}")
+        cfg = ModelConfig.from_file(ckpt_dir, generation)
         with torch.device("meta"):
-            model = cls(cfg)
+            model = target(cfg)
         state = load_state_dict(ckpt_dir, dtype=dtype)
         check_state_dict({k: v.shape for k, v in model.state_dict().items()}, state)
         expected = model.state_dict()
-        for key in OPTIONAL_KEYS:
+        for key in OPTIONAL_KEYS & expected.keys():
             if key in state:
                 state[key] = state[key].to(expected[key].dtype)  # float -> int64 truncates, as copy_ does
             else:
@@ -77,6 +92,11 @@ class DeepseekOCR(nn.Module):
         emb = self.model.vision_model.embeddings
         grid = size // PATCH // DOWNSAMPLE
         emb.frozen[grid] = emb.pos(grid)
+
+    def layout_vectors(self) -> dict[str, np.ndarray]:
+        """The learned layout embeddings, by their bundle (layout.npz) names: [D] each."""
+        m = self.model
+        return {"image_newline": m.image_newline.float().numpy(), "view_separator": m.view_seperator.float().numpy()}
 
     # --- vision -----------------------------------------------------------------------------
     def encode_views(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -104,3 +124,13 @@ class DeepseekOCR(nn.Module):
             present_v.append(v)
         h = self.model.norm(x[:, -1])
         return self.lm_head(h).float(), present_k, present_v
+
+
+def model_class(generation: str) -> type[DeepseekOCR]:
+    """The model class of a generation ("ocr1" -> DeepseekOCR, "ocr2" -> DeepseekOCR2)."""
+    from .ocr2 import DeepseekOCR2
+
+    classes = {c.generation: c for c in (DeepseekOCR, DeepseekOCR2)}
+    if generation not in classes:
+        raise CheckpointError(f"unknown model generation {generation!r}; one of {', '.join(classes)}")
+    return classes[generation]

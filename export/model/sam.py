@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsocr.runtime.config import SamConfig
+from dsocr.export.config import SamConfig
 
 
 def resize_abs_pos(pos: torch.Tensor, grid: int) -> torch.Tensor:

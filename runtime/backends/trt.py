@@ -21,7 +21,6 @@ of 256 bytes (DeepSeek-OCR: 10 * 128 * 4 = 5120).
 from __future__ import annotations
 
 import ctypes
-import json
 import re
 import subprocess
 from pathlib import Path
@@ -29,15 +28,14 @@ from typing import Any
 
 import numpy as np
 
+from ..engines_file import (ENGINES_DIR, ENGINES_FORMAT, ENGINES_FORMAT_VERSION, ENGINES_NAME,  # noqa: F401
+                            EnginesRecord, inside, read_engines)
 from ..errors import BackendUnavailableError, DsocrError, EngineMismatchError, InputError, ManifestError
 from ..kv_cache import KVCache, KVStep
 from ..manifest import Manifest, sha256_file
 from ..rope import NEG_INF
 from .base import Backend
 
-ENGINES_DIR = "engines"  # default place of the plans, inside the bundle
-ENGINES_NAME = "engines.json"
-ENGINES_FORMAT, ENGINES_FORMAT_VERSION = "dsocr-engines", 1
 PAST_PAD = 1  # dummy, always-masked cache slot in front of the real entries
 INSTALL = "pip install 'dsocr[trt]'"
 REBUILD = "rebuild with dsocr-export build (or: python -m dsocr.engines build --bundle BUNDLE)"
@@ -95,24 +93,18 @@ def check_engine_manifest(engines_json: dict | str | Path, trt_version: str, gpu
                           compute_capability: str) -> dict[str, Any]:
     """Refuse plans built for another TensorRT version or GPU (EngineMismatchError); return the manifest.
 
-    Pure Python (no TensorRT import). A GPU name of None or "unknown" skips the name comparison;
-    the compute capability is always compared.
+    Pure Python (no TensorRT import). The record is validated against its schema first (ManifestError
+    naming the field). A GPU name of None or "unknown" skips the name comparison; the compute
+    capability is always compared.
     """
-    if isinstance(engines_json, dict):
-        m, where = engines_json, ENGINES_NAME
-    else:
-        where = str(engines_json)
-        try:
-            m = json.loads(Path(engines_json).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ManifestError(f"{where} is not readable JSON: {e}") from e
-    if m.get("format") != ENGINES_FORMAT or m.get("format_version") != ENGINES_FORMAT_VERSION:
-        raise ManifestError(f"{where} is not a {ENGINES_FORMAT} v{ENGINES_FORMAT_VERSION} manifest; {REBUILD}")
-    try:
-        built_v, gpu = str(m["tensorrt_version"]), m["gpu"]
-        built_name, built_cc = str(gpu["name"]), str(gpu["compute_capability"])
-    except (KeyError, TypeError) as e:
-        raise ManifestError(f"{where} lacks the TensorRT version or GPU it was built for: {e}") from e
+    rec = (EnginesRecord.from_dict(engines_json, ENGINES_NAME) if isinstance(engines_json, dict)
+           else read_engines(engines_json))
+    check_engine_record(rec, trt_version, gpu_name, compute_capability)
+    return rec.to_dict()
+
+
+def check_engine_record(rec: EnginesRecord, trt_version: str, gpu_name: str | None, compute_capability: str) -> None:
+    built_v, built_name, built_cc = rec.tensorrt_version, rec.gpu_name, rec.compute_capability
     norm = lambda name: re.sub(r"\s+", " ", str(name)).strip().casefold()  # noqa: E731
     names_known = all(n and norm(n) != "unknown" for n in (gpu_name, built_name))
     if (built_v != str(trt_version) or built_cc != str(compute_capability)
@@ -122,7 +114,6 @@ def check_engine_manifest(engines_json: dict | str | Path, trt_version: str, gpu
             f"engines were built with TensorRT {built_v} for GPU {built_name} ({sm(built_cc)}); this machine has "
             f"TensorRT {trt_version} / GPU {gpu_name or 'unknown'} ({sm(compute_capability)}): {REBUILD}"
         )
-    return m
 
 
 def _fits(shape, bounds) -> bool:
@@ -178,28 +169,49 @@ class TrtBackend(Backend):
             raise ManifestError(f"{self.engines_dir} has no {ENGINES_NAME}: build the TensorRT engines first "
                                 f"(python -m dsocr.engines build --bundle {self.bundle_dir})")
         name, cc = gpu_info()
-        self.engines = check_engine_manifest(path, trt.__version__, name, cc)
+        self.record = read_engines(path)
+        check_engine_record(self.record, trt.__version__, name, cc)
+        self.engines = self.record.to_dict()
+        self._check_listed(path)
         self._check_plans()
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self._stream = self._cuda.Stream()
         self._by_file = {spec.file: key for key, spec in manifest.graphs.items()}
-        self._plans = {key: _Engine(trt, self._runtime, self.engines_dir / e["file"], e["profiles"], self._stream)
-                       for key, e in self.engines["plans"].items()}
+        self._plans = {key: _Engine(trt, self._runtime, self.record.plan_path(self.engines_dir, key), e.profiles,
+                                    self._stream)
+                       for key, e in self.record.plans.items()}
         self._buffers: dict[str, tuple] = {}  # key -> (DeviceArray, dtype)
         self._kv, self._kv_owner = None, None
         self._logits: np.ndarray | None = None
 
+    def _check_listed(self, engines_json: Path) -> None:
+        """Engines inside the bundle: engines.json and every plan must be listed in manifest.files."""
+        rel = inside(self.bundle_dir, self.engines_dir)
+        if rel is None:  # an engines directory the user named outside the bundle: its own hashes decide
+            return
+        prefix = "" if rel == "." else rel + "/"
+        wanted = {prefix + ENGINES_NAME: sha256_file(engines_json)}
+        wanted.update({prefix + e.file: e.sha256 for e in self.record.plans.values()})
+        for name, digest in wanted.items():
+            entry = self.manifest.files.get(name)
+            if entry is None:
+                raise ManifestError(f"{name} is not listed in the bundle's manifest.files; {REBUILD}")
+            if entry["sha256"] != digest:
+                raise ManifestError(f"{name} does not match its SHA-256 in the bundle manifest; {REBUILD}")
+
     def _check_plans(self) -> None:
-        plans = self.engines.get("plans", {})
+        plans = self.record.plans
         for key, spec in self.manifest.graphs.items():
             entry = plans.get(key)
             if entry is None:
                 raise EngineMismatchError(f"no TensorRT plan for graph {key!r} in {self.engines_dir}; {REBUILD}")
-            if entry["onnx"]["sha256"] != self.manifest.files.get(spec.file, {}).get("sha256"):
-                raise EngineMismatchError(f"plan {entry['file']} was built from another {spec.file}; {REBUILD}")
-            if sha256_file(self.engines_dir / entry["file"]) != entry["sha256"]:
-                raise ManifestError(f"plan {entry['file']} does not match its SHA-256 in {ENGINES_NAME}; {REBUILD}")
+            if entry.onnx_sha256 != self.manifest.files.get(spec.file, {}).get("sha256"):
+                raise EngineMismatchError(f"plan {entry.file} was built from another {spec.file}; {REBUILD}")
+            plan = self.record.plan_path(self.engines_dir, key)
+            if not plan.is_file() or sha256_file(plan) != entry.sha256:
+                raise ManifestError(f"plan {entry.file} is missing or does not match its SHA-256 in "
+                                    f"{ENGINES_NAME}; {REBUILD}")
 
     # -- device buffers ------------------------------------------------------------------------
     def _buffer(self, key: str, shape: tuple, dtype: np.dtype):

@@ -82,6 +82,9 @@ def embed_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     base = os.path.realpath(sys.base_prefix)
     extra = [p for p in sys.path if p and os.path.isdir(p) and not os.path.realpath(p).startswith(base + os.sep)]
     env["PYTHONHOME"] = sys.base_prefix
+    if sys.prefix != sys.base_prefix:  # a venv: its site-packages becomes the user site, so its .pth files
+        env["PYTHONUSERBASE"] = sys.prefix  # (an editable install's finder) run as they do for the venv's python
+        env.pop("PYTHONNOUSERSITE", None)
     if extra:
         env["PYTHONPATH"] = os.pathsep.join(extra + [env["PYTHONPATH"]] if env.get("PYTHONPATH") else extra)
     return env

@@ -4,9 +4,12 @@ import onnx
 import pytest
 
 from dsocr.calibration.feeds import vision_feeds
+from dsocr.calibration.pages import page_set_hash
 from dsocr.calibration.qdq import quantizable, quantize_int8, restore_fp32
 from dsocr.calibration.sensitivity import session
+from dsocr.calibration.stats import CalibrationCache, CalibrationKey, activation_ranges
 from dsocr.calibration.variants import CalibrationSource, PrecisionOptions, build_variant
+from dsocr.runtime.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -27,20 +30,21 @@ def test_int8_rule_meets_its_threshold_and_reruns_from_the_cache(demo_bundle, ca
     assert again.files["decoder.onnx"]["sha256"] == m.files["decoder.onnx"]["sha256"]
 
 
-def test_restoring_groups_equals_quantizing_without_them(demo_bundle, calib_pages, variants, calib_cache, tmp_path):
+def test_restoring_groups_equals_quantizing_without_them(demo_bundle, calib_pages, tmp_path):
     src = demo_bundle / "vision_640.onnx"
-    ranges = next(p for p in calib_cache.glob("33*-small-max-*.json") if not p.name.endswith(".meta.json")) \
-        if list(calib_cache.glob("33*-small-max-*.json")) else None
-    if ranges is None:
-        pytest.skip("vision ranges of the demo graph are not in the session cache")
+    feeds = vision_feeds(calib_pages[:1], "small")[640]
+    key = CalibrationKey(read_manifest(demo_bundle).files[src.name]["sha256"], "small", "max",
+                         page_set_hash(calib_pages[:1]))
+    ranges = activation_ranges(src, feeds, key, CalibrationCache(tmp_path / "cache")).path  # its own, never skipped
     fp32 = onnx.load(str(src))
     nodes = sorted(quantizable(fp32.graph))
     keep = [n for n in nodes if "/vision_model/" in n]
     quantize_int8(src, tmp_path / "all.onnx", ranges, "max", nodes)
     quantize_int8(src, tmp_path / "some.onnx", ranges, "max", [n for n in nodes if n not in keep])
     still = [n for n in nodes if n not in keep]
+    assert keep and still, "the split must restore some groups and keep others quantized"
     onnx.save(restore_fp32(onnx.load(str(tmp_path / "all.onnx")), fp32, keep, still), tmp_path / "restored.onnx")
-    feed = vision_feeds(calib_pages[:1], "small")[640][0]
+    feed = feeds[0]
     a = session(tmp_path / "some.onnx").run(None, feed)[0]
     b = session(tmp_path / "restored.onnx").run(None, feed)[0]
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)

@@ -116,10 +116,9 @@ def test_exports_are_exactly_the_header_functions(lib):
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make")
 def test_makefile_builds(tmp_path):
-    version = sysconfig.get_config_var("VERSION")
-    config = Path(sys.executable).with_name(f"python{version}-config")
-    if not config.exists():
-        pytest.skip(f"no {config.name} next to {sys.executable}")
+    # pythonX.Y-config sits with the base interpreter (BINDIR), not in a virtual environment's bin/
+    config = Path(sysconfig.get_config_var("BINDIR")) / f"python{sysconfig.get_config_var('VERSION')}-config"
+    assert config.is_file(), f"no {config}: libdsocr needs a Python with its development files"
     r = subprocess.run(["make", "-C", str(HERE), f"OUT={tmp_path}", f"PYTHON={sys.executable}", f"PYCONFIG={config}"],
                        capture_output=True, text=True)
     assert r.returncode == 0 and (tmp_path / "libdsocr.so").is_file(), r.stdout + r.stderr

@@ -15,8 +15,6 @@ def demo_bundle(tmp_path_factory) -> Path:
     given = os.environ.get("DSOCR_TEST_BUNDLE")
     if given:
         return Path(given)
-    pytest.importorskip("torch")
-    pytest.importorskip("onnx")
     from dsocr.export.bundle import BuildOptions, build_bundle
     from dsocr.export.demo import write_demo_checkpoint
 

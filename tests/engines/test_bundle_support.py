@@ -1,7 +1,5 @@
 """Every graph of the demo bundle stays inside TensorRT 10.3 / 11.x ONNX parser support."""
-import pytest
 
-pytest.importorskip("onnx")
 
 from dsocr.engines.parser_support import check_bundle, errors  # noqa: E402
 
@@ -22,3 +20,9 @@ def test_check_command(demo_bundle):
     assert "decoder: 0 error(s)" in result.output
     for name in ("check", "build"):
         assert CliRunner().invoke(main, [name, "--help"]).exit_code == 0
+
+
+def test_ocr2_demo_bundle_passes_parser_support(ocr2_demo_bundle):
+    results = check_bundle(ocr2_demo_bundle)
+    assert {"embed", "decoder", "vision_768", "vision_1024"} <= set(results)
+    assert {k: [str(i) for i in errors(v)] for k, v in results.items() if errors(v)} == {}

@@ -1,8 +1,6 @@
 """engines.parser_support on small hand-made ONNX graphs (onnx.helper)."""
 import numpy as np
-import pytest
-
-onnx = pytest.importorskip("onnx")
+import onnx
 from onnx import TensorProto as T  # noqa: E402
 from onnx import helper as h  # noqa: E402
 from onnx import numpy_helper as nh  # noqa: E402

@@ -10,8 +10,6 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
 
 import trt_sim  # noqa: E402
 
@@ -144,13 +142,14 @@ def test_pipeline_on_the_tensorrt_backend(sim, demo_bundle, tmp_path):
     from dsocr.runtime.decoding import GenerationOptions
     from dsocr.runtime.pipeline import Pipeline, RunOptions
 
-    bundle = tmp_path / "bundle"  # the shared bundle plus an engines/ directory, without copying graphs
-    bundle.mkdir()
-    for f in demo_bundle.iterdir():
-        if f.is_file():
-            (bundle / f.name).symlink_to(f)
+    import shutil
+
+    bundle = tmp_path / "bundle"  # a copy (symlinks out of a bundle are refused) plus an engines/ directory
+    shutil.copytree(demo_bundle, bundle)
     B.build_engines(bundle, options=B.EngineBuildOptions(progress=False))
     assert (bundle / T.ENGINES_DIR / T.ENGINES_NAME).is_file()
+    listed = read_manifest(bundle).files  # engines inside the bundle are listed and hash-checked
+    assert {"engines/engines.json", "engines/decoder.plan", "engines/embed.plan"} <= set(listed)
     page = files("dsocr.runtime.data") / "sample_page.png"
     opts = RunOptions(generation=GenerationOptions(max_new_tokens=12))
     got = Pipeline(bundle, backend="tensorrt").generate(page.read_bytes(), opts)[1]
@@ -171,3 +170,27 @@ def test_alternating_caches_hand_over(engines, demo_bundle):
     (want_a,), _ = trt_sim.run_steps(ort, manifest, a[:1], [], ref_a)
     np.testing.assert_allclose(got_a, want_a, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(cache_a.key[0][:, :4], ref_a.key[0][:, :4], rtol=1e-5, atol=1e-5)
+
+
+def test_engines_inside_a_bundle_must_be_listed_and_stay_inside(sim, demo_bundle, tmp_path):
+    import hashlib
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(demo_bundle, bundle)
+    B.build_engines(bundle, options=B.EngineBuildOptions(progress=False))
+    manifest_path = bundle / "manifest.json"
+    m = json.loads(manifest_path.read_text())
+    unlisted = dict(m, files={k: v for k, v in m["files"].items() if k != "engines/embed.plan"})
+    manifest_path.write_text(json.dumps(unlisted))
+    with pytest.raises(ManifestError, match="engines/embed.plan is not listed in the bundle's manifest.files"):
+        T.TrtBackend(bundle, read_manifest(bundle))
+    path = bundle / T.ENGINES_DIR / T.ENGINES_NAME
+    rec = json.loads(path.read_text())
+    rec["plans"]["embed"]["file"] = "../../outside.plan"
+    path.write_text(json.dumps(rec))
+    m["files"]["engines/engines.json"] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                          "bytes": path.stat().st_size}
+    manifest_path.write_text(json.dumps(m))
+    with pytest.raises(ManifestError, match=r"engines.plans.embed.file = \"../../outside.plan\" has an empty"):
+        T.TrtBackend(bundle, read_manifest(bundle))

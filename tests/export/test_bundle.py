@@ -60,10 +60,28 @@ def test_verify_command_compares_with_pytorch(demo_bundle):
     assert r.output.count("ok") == 3 and "FAIL" not in r.output
 
 
-def test_build_command_with_demo_and_bad_mode(tmp_path):
-    r = CliRunner().invoke(main, ["build", "--mode", "tiny", "--out", str(tmp_path / "b"), "--quiet", "--max-seq-len", "256"])
+def test_build_command_with_demo_and_bad_mode(tmp_path, monkeypatch):
+    import dsocr.export.cli as cli
+
+    monkeypatch.setattr(cli, "_tensorrt_available", lambda: False)  # whatever this machine has installed
+    r = CliRunner().invoke(main, ["build", "--mode", "tiny", "--out", str(tmp_path / "b"), "--quiet",
+                                  "--max-seq-len", "256"])
     assert r.exit_code == 0, r.output
     assert "built-in demo" in r.output and "TensorRT is not installed" in r.output
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["modes"] == ["tiny"]
     r = CliRunner().invoke(main, ["build", "--mode", "huge"])
     assert r.exit_code == 2 and "huge" in r.output
+
+
+def test_build_command_builds_engines_where_tensorrt_is_installed(tmp_path, monkeypatch):
+    import dsocr.engines.build
+    import dsocr.export.cli as cli
+
+    built = []
+    monkeypatch.setattr(cli, "_tensorrt_available", lambda: True)
+    monkeypatch.setattr(dsocr.engines.build, "build_engines", lambda out: built.append(out) or {"plans": {"x": {}}})
+    args = ["build", "--mode", "tiny", "--out", str(tmp_path / "b"), "--quiet", "--max-seq-len", "256"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert built == [tmp_path / "b"] and "built TensorRT engines into" in r.output
+    assert "TensorRT is not installed" not in r.output

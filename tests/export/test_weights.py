@@ -73,7 +73,7 @@ def test_missing_config_and_shard(tmp_path, shapes):
 
 
 def test_reads_official_config_sizes(reference_dir):
-    from dsocr.runtime.config import ModelConfig
+    from dsocr.export.config import ModelConfig
 
     ref = reference_dir / "config.json"
     cfg = ModelConfig.from_file(ref)
@@ -86,7 +86,7 @@ def test_reads_official_config_sizes(reference_dir):
 
 
 def test_key_names_match_the_released_checkpoint(reference_dir):
-    from dsocr.runtime.config import ModelConfig
+    from dsocr.export.config import ModelConfig
     from dsocr.export.weights import OPTIONAL_KEYS
 
     ref = reference_dir

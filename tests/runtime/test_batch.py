@@ -132,10 +132,11 @@ def test_crash_while_saving_leaves_no_partial_files(inputs, tmp_path, monkeypatc
 def test_stale_temp_files_are_removed(inputs, tmp_path):
     out = tmp_path / "out"
     (out / "images").mkdir(parents=True)
-    (out / ".x.md.abc123.tmp").write_text("half")
-    (out / "images" / ".0.jpg.zz.tmp").write_text("half")
+    (out / ".dsocr-0123456789ab.tmp").write_text("half")  # temp names of ours
+    (out / "images" / ".dsocr-ba9876543210.tmp").write_text("half")
+    (out / ".x.md.abc123.tmp").write_text("the user's")  # not ours: kept
     run_batch([WorkItem(inputs / "b_scan.png")], CountingOCR(), out, progress=False)
-    assert not list(out.rglob("*.tmp")) and outputs(out) == ["b_scan.md"]
+    assert [p.name for p in out.rglob("*.tmp")] == [".x.md.abc123.tmp"] and outputs(out) == ["b_scan.md"]
 
 
 def test_raw_text_results_are_post_processed(inputs, tmp_path):

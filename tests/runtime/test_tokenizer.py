@@ -8,8 +8,9 @@ import sys
 import pytest
 import tokenizers
 
+from dsocr.export.demo_tokenizer import build_demo_tokenizer
 from dsocr.runtime.errors import CheckpointError, InputError
-from dsocr.runtime.tokenizer import BOS, EOS, PAD, SpecialIds, Tokenizer, build_demo_tokenizer
+from dsocr.runtime.tokenizer import BOS, EOS, PAD, SpecialIds, Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_from_file_round_trip(tmp_path, tok):
 
 
 def test_demo_is_deterministic_across_processes():
-    code = ("import hashlib; from dsocr.runtime.tokenizer import build_demo_tokenizer; "
+    code = ("import hashlib; from dsocr.export.demo_tokenizer import build_demo_tokenizer; "
             "print(hashlib.sha256(build_demo_tokenizer(1024).to_str().encode()).hexdigest())")
     runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}

@@ -1,8 +1,9 @@
 """Model configuration read from a checkpoint's config.json (official Hugging Face layout).
 
 The decoder sizes are the top-level keys (what the official remote code reads); the encoder sizes come
-from ``vision_config.width.{sam_vit_b, clip-l-14-224}`` and default to the official ones, which the
-official code hard-codes.
+from ``vision_config.width.{sam_vit_b, clip-l-14-224}`` (OCR-1) or ``{sam_vit_b, qwen2-0-5b}`` (OCR-2) and
+default to the official ones, which the official code hard-codes. Both generations share `model_type`:
+the generation is read from the checkpoint's keys (weights.detect_generation) and passed in.
 """
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from dsocr.runtime.errors import CheckpointError
+
+GENERATIONS = ("ocr1", "ocr2")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,25 @@ class ClipConfig:
     @property
     def grid(self) -> int:
         return self.image_size // self.patch
+
+
+@dataclass(frozen=True)
+class Qwen2EncoderConfig:
+    """OCR-2's Qwen2-0.5B-style encoder (no token table); the official code hard-codes all but `hidden`."""
+
+    layers: int = 24
+    hidden: int = 896
+    heads: int = 14
+    kv_heads: int = 2
+    intermediate_size: int = 4864
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    # learned query tables: checkpoint name suffix -> rows (= tokens of that view: (S/64)^2)
+    queries: tuple[tuple[str, int], ...] = (("768", 144), ("1024", 256))
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
 
 
 @dataclass(frozen=True)
@@ -89,16 +111,20 @@ class ModelConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     projector_in: int = 2048
     projector_out: int = 1280
+    generation: str = "ocr1"  # "ocr1" (SAM + CLIP) or "ocr2" (SAM + Qwen2 encoder)
+    qwen2: Qwen2EncoderConfig = field(default_factory=Qwen2EncoderConfig)  # ocr2 only
 
     @classmethod
-    def from_dict(cls, cfg: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, cfg: dict[str, Any], generation: str = "ocr1") -> "ModelConfig":
+        if generation not in GENERATIONS:
+            raise CheckpointError(f"unknown model generation {generation!r}; one of {', '.join(GENERATIONS)}")
         try:
-            return _parse(cfg)
+            return _parse(cfg) if generation == "ocr1" else _parse_ocr2(cfg)
         except (TypeError, ValueError, KeyError) as e:
             raise CheckpointError(f"config.json is not a DeepSeek-OCR config: {e}") from e
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "ModelConfig":
+    def from_file(cls, path: str | Path, generation: str = "ocr1") -> "ModelConfig":
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"
@@ -108,29 +134,55 @@ class ModelConfig:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path} is not valid JSON: {e}") from e
-        return cls.from_dict(data)
+        return cls.from_dict(data, generation)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _parse(cfg: dict[str, Any]) -> ModelConfig:
+def _parse_decoder(cfg: dict[str, Any]) -> DecoderConfig:
     lang = dict(cfg.get("language_config") or {})
     lang.update({k: v for k, v in cfg.items() if k in DecoderConfig.__dataclass_fields__})
     dec_kwargs = {k: lang[k] for k in DecoderConfig.__dataclass_fields__ if lang.get(k) is not None}
-    decoder = DecoderConfig(**dec_kwargs)
     if lang.get("use_mla"):
         raise ValueError("use_mla=true is DeepSeek-V2 MLA, not DeepSeek-OCR's MHA decoder")
-    width = (cfg.get("vision_config") or {}).get("width") or {}
-    sam_w = width.get("sam_vit_b") or {}
-    clip_w = width.get("clip-l-14-224") or {}
-    sam = SamConfig(
+    return DecoderConfig(**dec_kwargs)
+
+
+def _parse_sam(sam_w: dict[str, Any], downsample_channels: tuple[int, ...] | None = None) -> SamConfig:
+    return SamConfig(
         width=int(sam_w.get("width", 768)),
         layers=int(sam_w.get("layers", 12)),
         heads=int(sam_w.get("heads", 12)),
         global_attn_indexes=tuple(sam_w.get("global_attn_indexes", (2, 5, 8, 11))),
-        downsample_channels=tuple(sam_w.get("downsample_channels", (512, 1024))),
+        downsample_channels=downsample_channels or tuple(sam_w.get("downsample_channels", (512, 1024))),
     )
+
+
+def _parse_ocr2(cfg: dict[str, Any]) -> ModelConfig:
+    """OCR-2: SAM (net_3 -> the Qwen2 width; the config's `downsample_channels` [512, 1024] is stale) + Qwen2."""
+    decoder = _parse_decoder(cfg)
+    width = (cfg.get("vision_config") or {}).get("width") or {}
+    q_w = width.get("qwen2-0-5b") or {}
+    qwen2 = Qwen2EncoderConfig(
+        layers=int(q_w.get("layers", 24)),
+        hidden=int(q_w.get("dim", 896)),
+        intermediate_size=int(q_w.get("intermediate_size", 4864)),
+    )
+    sam = _parse_sam(width.get("sam_vit_b") or {}, downsample_channels=(512, qwen2.hidden))
+    proj = cfg.get("projector_config") or {}
+    return ModelConfig(
+        sam=sam, decoder=decoder, qwen2=qwen2, generation="ocr2",
+        projector_in=int(proj.get("input_dim", qwen2.hidden)),
+        projector_out=int(proj.get("n_embed", decoder.hidden_size)),
+    )
+
+
+def _parse(cfg: dict[str, Any]) -> ModelConfig:
+    decoder = _parse_decoder(cfg)
+    width = (cfg.get("vision_config") or {}).get("width") or {}
+    sam = _parse_sam(width.get("sam_vit_b") or {})
+    clip_w = width.get("clip-l-14-224") or {}
     cw = int(clip_w.get("width", 1024))
     clip = ClipConfig(
         width=cw,
