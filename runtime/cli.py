@@ -126,7 +126,9 @@ def _run(inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngr
     if batch is None:
         from .engine import default_batch
 
-        batch = 1 if stream or backend == "tensorrt" else default_batch(pipe.manifest, pipe.runner.max_seq_len)
+        manifest = getattr(pipe, "manifest", None)  # None: a pipeline-like object, one page at a time
+        batch = 1 if stream or backend == "tensorrt" or manifest is None else default_batch(
+            manifest, pipe.runner.max_seq_len)
     if batch == 1:
         on_text = (lambda s: (sys.stdout.write(s), sys.stdout.flush())) if stream else None
         return run_batch(items, lambda page: pipe.ocr(page, options, on_text=on_text), out, progress=not quiet,

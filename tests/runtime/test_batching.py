@@ -10,12 +10,13 @@ import pytest
 
 from dsocr.runtime.backends.base import Backend
 from dsocr.runtime.layout import assemble_prompt, layout_image_embeds, scatter_image_embeds
-from dsocr.runtime.modes import MODE_NAMES, get_mode
+from dsocr.runtime.modes import get_mode, mode_names
 from dsocr.runtime.preprocess import load_image, preprocess
 from dsocr.runtime.rope import rope_tables
 from dsocr.runtime.runner import BundleRunner
 
 REL_TOL = 1e-4
+MODE_NAMES = mode_names("ocr1")  # the tiny fixture is OCR-1
 STEPS = 12  # the fixture's greedy_ids / step_logits
 
 
