@@ -36,12 +36,12 @@ from dsocr.runtime.runner import BundleRunner
 
 
 class BeforeRunner(BundleRunner):
-    """BundleRunner._forward as it was before the tables were precomputed (same results)."""
+    """BundleRunner.forward (slot 0) as it was before the tables were precomputed (same results)."""
 
-    def _forward(self, embeds: np.ndarray) -> np.ndarray:
+    def forward(self, slots, embeds: np.ndarray) -> np.ndarray:
         p, t = self.cache.length, embeds.shape[1]
         cos, sin = rope_tables(np.arange(p, p + t)[None], self.head_dim, self.theta)
-        return self.backend.decode(embeds, cos, sin, attention_mask(p, t), self.cache)[0]
+        return self.backend.decode(embeds, cos, sin, attention_mask(p, t), self.cache)
 
 
 def settings(name: str) -> tuple[type, int | None, dict]:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from dsocr.runtime.backends.base import Backend
-from dsocr.runtime.kv_cache import KVCache
+from dsocr.runtime.kv_cache import KVStep
 from dsocr.runtime.manifest import GraphSpec, KVSpec, Manifest
 from dsocr.runtime.modes import MODES, mode_names
 
@@ -50,14 +50,14 @@ class TorchBackend(Backend):
         return self.model.embed(torch.from_numpy(input_ids)).float().numpy()
 
     @torch.no_grad()
-    def _decode_impl(self, embeds, cos, sin, mask, cache: KVCache, start: int, stop: int) -> np.ndarray:
+    def _decode_impl(self, embeds, cos, sin, mask, step: KVStep) -> np.ndarray:
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-        past = [cache.past(i) for i in range(cache.num_layers)]
+        past = [step.past(i) for i in range(step.num_layers)]
         logits, pk, pv = self.model.decode(
             t(embeds), t(cos), t(sin), t(mask), [t(k) for k, _ in past], [t(v) for _, v in past]
         )
-        for i in range(cache.num_layers):
-            sk, sv = cache.slot(i, start, stop)
+        for i in range(step.num_layers):
+            sk, sv = step.present(i)
             sk[...] = pk[i].numpy()
             sv[...] = pv[i].numpy()
         return logits.numpy()

@@ -274,14 +274,15 @@ PageHook = Callable[[WorkItem, Image.Image, PageResult], None]  # called after a
 
 def run_batch(items: Iterable[WorkItem], ocr_fn: Callable[[Image.Image], Any], out_dir: str | Path,
               progress: bool = True, dpi: float = DEFAULT_DPI, on_page_done: PageDone | None = None,
-              on_page: PageHook | None = None) -> BatchSummary:
+              on_page: PageHook | None = None, status: Callable[[], str] | None = None) -> BatchSummary:
     """OCR every item not yet done (no `<stem>.md`) and write its files; a failing page is recorded in
     errors.jsonl and the batch goes on. `ocr_fn(page) -> PageResult` (or raw model text, which is
     post-processed here). `on_page(item, page, result)` runs after a page is saved (e.g. layout
     images); its failure is recorded like a page's (the page's files stay). `on_page_done(item,
     result)` is called after each page's files are in place (result None for a page done by an
-    earlier run). KeyboardInterrupt stops the batch; run it again to resume. OutputBusyError: another
-    run holds out_dir; OutputError: out_dir cannot be written."""
+    earlier run). status: extra text for the progress bar (e.g. tokens/s), asked once per page.
+    KeyboardInterrupt stops the batch; run it again to resume. OutputBusyError: another run holds
+    out_dir; OutputError: out_dir cannot be written."""
     items = _unique(items)
     out_dir = prepare_output_dir(out_dir)
     with output_lock(out_dir):
@@ -289,15 +290,16 @@ def run_batch(items: Iterable[WorkItem], ocr_fn: Callable[[Image.Image], Any], o
             remove_stale_temp(out_dir)
         except OSError as e:
             raise _output_error(out_dir, e, "removing stale temp files") from None
-        return _run_locked(items, ocr_fn, out_dir, progress, dpi, on_page_done, on_page)
+        return _run_locked(items, ocr_fn, out_dir, progress, dpi, on_page_done, on_page, status)
 
 
 def _run_locked(items: list[WorkItem], ocr_fn, out_dir: Path, progress: bool, dpi: float,
-                on_page_done: PageDone | None, on_page: PageHook | None) -> BatchSummary:
+                on_page_done: PageDone | None, on_page: PageHook | None,
+                status: Callable[[], str] | None = None) -> BatchSummary:
     summary = BatchSummary()
     with tqdm(total=len(items), disable=not progress, unit="page", desc="dsocr") as bar:
         for item in items:
-            bar.set_postfix_str(item.stem, refresh=False)
+            bar.set_postfix_str(f"{item.stem} {status()}" if status else item.stem, refresh=False)
             result = None
             if (out_dir / f"{item.stem}.md").exists():
                 summary.skipped += 1

@@ -85,11 +85,15 @@ def clamp_threads(threads: int | None) -> int | None:
               help="ONNX Runtime execution provider.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="Intra-op threads (default: all cores; more than the cores available are clamped).")
-@click.option("--stream", is_flag=True, help="Print the model's text as it is generated.")
+@click.option("--batch", type=click.IntRange(1, 256), default=None,
+              help="Pages decoded together (slots of one KV cache). Default: from the bundle's KV bytes per "
+                   "slot and the available memory (see `dsocr info`); 1 with --stream or --backend tensorrt "
+                   "(whose batch-1 decoder profiles run the slots one pass each).")
+@click.option("--stream", is_flag=True, help="Print the model's text as it is generated (one page at a time).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @library_errors
 def run(inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngram_window, looped, layouts, dpi,
-        max_pages, backend, device, threads, stream, quiet) -> None:
+        max_pages, backend, device, threads, batch, stream, quiet) -> None:
     """OCR INPUTS (images, PDFs, directories) into OUT, one result per page, written atomically.
 
     A directory gives the PDFs and images directly in it (not subfolders). A PDF also gets
@@ -102,7 +106,7 @@ def run(inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngra
     try:
         summary, n_looped, docs, waiting = _run(
             inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngram_window, looped, layouts, dpi,
-            max_pages, backend, device, clamp_threads(threads), stream, quiet)
+            max_pages, backend, device, clamp_threads(threads), batch, stream, quiet)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; finished pages are kept in {out}: run the same command again to resume", err=True)
         ctx.exit(EXIT_INTERRUPTED)
@@ -120,7 +124,7 @@ def run(inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngra
 
 
 def _run(inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngram_window, looped, layouts, dpi,
-         max_pages, backend, device, threads, stream, quiet):
+         max_pages, backend, device, threads, batch, stream, quiet):
     from .batch import collect_inputs, prepare_output_dir, run_batch
     from .documents import apply_looped, check_names, write_documents
     from .pipeline import Pipeline, RunOptions
@@ -128,6 +132,8 @@ def _run(inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngr
     items = collect_inputs(inputs, max_pages=max_pages)  # nothing to read: InputError before the model loads
     check_names(items)
     prepare_output_dir(out)  # an impossible -o fails before the model loads
+    if batch is not None and batch > 1 and stream:
+        raise click.UsageError("--batch > 1 works without --stream (streamed text comes one page at a time)")
     pipe = Pipeline(bundle, backend=backend, device=device, threads=threads)
     gen = pipe.generation_options(max_new_tokens=max_new_tokens, ngram_size=ngram_size, ngram_window=ngram_window)
     options = RunOptions(mode=mode, prompt=prompt, ref=ref, generation=gen)
@@ -136,12 +142,29 @@ def _run(inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngr
         click.echo(f"{bundle} is a demo bundle (the built-in demo checkpoint): its text is meaningless; "
                    f"build one from deepseek-ai/DeepSeek-OCR for real OCR. {gen.max_new_tokens} new tokens a page.",
                    err=True)
-    on_text = (lambda s: (sys.stdout.write(s), sys.stdout.flush())) if stream else None
+    if batch is None:
+        from .engine import default_batch
+
+        manifest = getattr(pipe, "manifest", None)  # None: a pipeline-like object, one page at a time
+        batch = 1 if stream or backend == "tensorrt" or manifest is None else default_batch(
+            manifest, pipe.runner.max_seq_len)
+    engine = None
+    if batch == 1:
+        on_text = (lambda s: (sys.stdout.write(s), sys.stdout.flush())) if stream else None
+        page_ocr, status = (lambda page: pipe.ocr(page, options, on_text=on_text)), None
+    else:  # a started BatchEngine of `batch` slots, fed ahead by LookaheadOCR
+        from .batch import load_page
+        from .engine import LookaheadOCR
+
+        engine = pipe.engine(batch).start()
+        todo = [it for it in dict.fromkeys(items) if not (out / f"{it.stem}.md").exists()]
+        page_ocr = LookaheadOCR(engine, options, (lambda it=it: load_page(it, dpi) for it in todo))
+        status = page_ocr.status
     n_looped = 0
 
     def ocr(page):
         nonlocal n_looped
-        result = pipe.ocr(page, options, on_text=on_text)
+        result = page_ocr(page)
         n_looped += result.looped
         return apply_looped(result, looped)
 
@@ -150,7 +173,11 @@ def _run(inputs, bundle, out, mode, prompt, ref, max_new_tokens, ngram_size, ngr
         from .layouts import LayoutWriter
 
         writer = LayoutWriter(out, dpi)
-    summary = run_batch(items, ocr, out, progress=not quiet, dpi=dpi, on_page=writer)
+    try:
+        summary = run_batch(items, ocr, out, progress=not quiet, dpi=dpi, on_page=writer, status=status)
+    finally:
+        if engine is not None:
+            engine.close(cancel_pending=True)
     if writer is not None:
         writer.catch_up(items)
     docs, waiting = write_documents(items, out)
@@ -170,6 +197,12 @@ def info(bundle, no_verify) -> None:
     click.echo(f"modes: {', '.join(m.modes)}; source: {m.source.get('checkpoint')}")
     click.echo(f"kv cache: {m.kv.num_layers} layers x {m.kv.num_heads} heads x {m.kv.head_dim}, {m.kv.dtype}, "
                f"max {m.kv.max_seq_len} positions ({m.kv.layout})")
+    from .engine import available_memory, default_batch, kv_bytes_per_slot
+
+    avail = available_memory()
+    click.echo(f"kv bytes per slot: {kv_bytes_per_slot(m) / 2**20:.1f} MiB; default --batch {default_batch(m)} "
+               f"(available memory {avail / 2**30:.1f} GiB)" if avail else
+               f"kv bytes per slot: {kv_bytes_per_slot(m) / 2**20:.1f} MiB; default --batch 1 (available memory unknown)")
     for name, g in m.graphs.items():
         size = sum(e["bytes"] for f, e in m.files.items() if f == g.file or f.startswith(g.file + "."))
         click.echo(f"  {name:<12} {g.file:<22} {size / 2**20:9.1f} MiB  {g.precision}")

@@ -310,6 +310,50 @@ class GenerationResult:
     n_prompt: int  # prompt positions prefilled (T)
 
 
+class Generation:
+    """One page's generation state (the slot seam): its filters, stop criteria and ids.
+
+    `advance(logits)` takes the logits after the prompt or after the last fed-back id and returns the
+    next id to feed back, or None when the page has ended (`reason` then says why). `generate()`
+    drives one Generation over a Runner; the BatchEngine drives one per slot over a BundleRunner.
+    """
+
+    def __init__(self, options: GenerationOptions = GenerationOptions(), eos_ids: Iterable[int] = (1,),
+                 on_token: Callable[[int], None] | None = None):
+        self.filters, self.decoder = options.filters(), GreedyDecoder()
+        self.stop = options.stop_criteria(eos_ids)
+        for f in self.filters:
+            f.reset()
+        self.stop.reset()
+        self.on_token = on_token
+        self.ids: list[int] = []
+        self.reason: StopReason | str | None = None
+        self._buf: np.ndarray | None = None  # [V] our copy: filters write here, not into the runner's
+
+    def advance(self, logits: np.ndarray) -> int | None:
+        if self.reason is not None:
+            return None
+        if self._buf is None or self._buf.shape != logits.shape:
+            self._buf = np.empty(logits.shape, dtype=np.float32)
+        np.copyto(self._buf, logits)
+        for f in self.filters:
+            f.apply(self._buf, self.ids)
+        token = self.decoder.choose(self._buf)
+        self.ids.append(token)
+        if self.on_token is not None:
+            self.on_token(token)
+        self.reason = self.stop.check(self.ids)
+        return None if self.reason is not None else token
+
+    def end(self, reason: StopReason | str) -> None:
+        """End the page from outside (cache full, cancelled)."""
+        self.reason = reason
+
+    def result(self, n_prompt: int) -> GenerationResult:
+        reason = self.reason.value if isinstance(self.reason, StopReason) else str(self.reason)
+        return GenerationResult(ids=list(self.ids), stop_reason=reason, n_prompt=int(n_prompt))
+
+
 def generate(runner: Runner, prompt_embeds: np.ndarray, options: GenerationOptions = GenerationOptions(),
              eos_ids: Iterable[int] = (1,), on_token: Callable[[int], None] | None = None) -> GenerationResult:
     """Prefill prompt_embeds [T, D], then greedy steps until a stop criterion holds.
@@ -320,30 +364,14 @@ def generate(runner: Runner, prompt_embeds: np.ndarray, options: GenerationOptio
     """
     if getattr(prompt_embeds, "ndim", None) != 2 or prompt_embeds.shape[0] < 1:
         raise InputError(f"prompt_embeds must be [T, D] with T >= 1, got {getattr(prompt_embeds, 'shape', None)}")
-    filters, decoder, stop = options.filters(), GreedyDecoder(), options.stop_criteria(eos_ids)
-    for f in filters:
-        f.reset()
-    stop.reset()
+    gen = Generation(options, eos_ids, on_token)
     logits = runner.prefill(prompt_embeds)  # [V]
-    buf = np.empty(logits.shape, dtype=np.float32)  # [V] our copy: filters write here, not into the runner's
-    ids: list[int] = []
-    while True:
-        np.copyto(buf, logits)
-        for f in filters:
-            f.apply(buf, ids)
-        token = decoder.choose(buf)
-        ids.append(token)
-        if on_token is not None:
-            on_token(token)
-        reason = stop.check(ids)
-        if reason is not None:
-            break
+    while (token := gen.advance(logits)) is not None:
         try:
             logits = runner.step(token)
         except CacheOverflowError:
-            reason = StopReason.CACHE_FULL
-            break
-    return GenerationResult(ids=ids, stop_reason=reason.value, n_prompt=int(prompt_embeds.shape[0]))
+            gen.end(StopReason.CACHE_FULL)
+    return gen.result(prompt_embeds.shape[0])
 
 
 # -- streaming -------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 
 from .backends.base import Backend
 from .decoding import DEFAULTABLE, GenerationOptions, GenerationResult, TextStreamer, generate
-from .errors import InputError, ManifestError, ModeError
+from .errors import CacheOverflowError, InputError, ManifestError, ModeError
 from .layout import assemble_prompt, layout_views, scatter_image_embeds
 from .manifest import Manifest, bundle_file, read_layout, read_manifest
 from .modes import MAX_TILES, MIN_TILES, Mode, check_generation, get_mode
@@ -93,7 +93,7 @@ class BundleAssets:
 
 @dataclass(frozen=True)
 class Prepared:
-    """One page made ready for decoding (what golden checks compare step by step).
+    """One page made ready for decoding: what a slot is prefilled with, and what golden checks compare.
 
     Letters: T prompt tokens, N image tokens, D hidden.
     """
@@ -103,6 +103,8 @@ class Prepared:
     input_ids: np.ndarray  # [T] int64
     images_seq_mask: np.ndarray  # [T] bool
     embeds: np.ndarray  # [T, D] text embeddings with the image embeddings scattered in
+    generation: GenerationOptions  # the request's decode options (bundle defaults filled in)
+    eos_ids: tuple[int, ...]
 
 
 def _bundle_defaults(manifest: Manifest) -> GenerationOptions:
@@ -129,10 +131,13 @@ class Pipeline:
     """
 
     def __init__(self, bundle_dir: str | Path, backend: str = "ort", device: str = "cpu",
-                 threads: int | None = None, max_seq_len: int | None = None):
+                 threads: int | None = None, max_seq_len: int | None = None, batch: int = 1):
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise InputError(f"batch={batch!r} must be an integer >= 1")
         bundle = BundleAssets.load(bundle_dir)
         self._attach(open_backend(bundle.bundle_dir, bundle.manifest, backend, device, threads),
                      bundle.tokenizer, bundle.layout, max_seq_len)
+        self.batch = batch  # slots of `ocr_many` / `engine()` (see runtime.engine)
 
     @classmethod
     def compose(cls, backend: Backend, tokenizer: Tokenizer, layout: tuple[np.ndarray, np.ndarray],
@@ -154,6 +159,7 @@ class Pipeline:
         self.backend = backend
         self.runner = BundleRunner(backend, max_seq_len)
         self.defaults = _bundle_defaults(self.manifest)
+        self.batch = 1
 
     @property
     def is_demo(self) -> bool:
@@ -194,8 +200,11 @@ class Pipeline:
         """Vision graphs + layout: a page's views -> its image embeddings [N, D] in prompt order."""
         global_feats = self.backend.vision(views.global_view)[0]
         tile_feats = self.backend.vision(views.tiles) if len(views.tiles) else None
+        return self._layout(global_feats, tile_feats, views.crop)
+
+    def _layout(self, global_feats: np.ndarray, tile_feats: np.ndarray | None, crop: tuple[int, int]) -> np.ndarray:
         newlines = self.manifest.generation != "ocr2"  # OCR-1 rows end in image_newline; OCR-2 is flat
-        return layout_views(newlines, global_feats, tile_feats, views.crop, *self.layout)
+        return layout_views(newlines, global_feats, tile_feats, crop, *self.layout)
 
     def prompt_ids(self, options: RunOptions, n_image_tokens: int) -> tuple[np.ndarray, np.ndarray]:
         """-> (input_ids [T], images_seq_mask [T])."""
@@ -213,11 +222,50 @@ class Pipeline:
 
     def prepare(self, image, options: RunOptions = RunOptions()) -> Prepared:
         """A page image -> its views, image embeddings, prompt ids and prompt embeddings [T, D]."""
+        (page,) = self.prepare_many([image], [options])
+        if isinstance(page, BaseException):
+            raise page
+        return page
+
+    def prepare_many(self, images: list, options: list[RunOptions], vision_batch: int = 8) -> list:
+        """Several pages at once: every view of every page through as few vision calls as possible
+        (views of one size stacked, at most `vision_batch` per call). -> one Prepared, or the
+        exception that page raised, per page. Sizes are checked before anything grows with them:
+        a prompt longer than the KV cache fails before vision, embedding or a mask is computed."""
+        staged: list = []
+        for image, opts in zip(images, options):
+            try:
+                staged.append(self._stage(image, opts))
+            except Exception as e:  # noqa: BLE001 - this page's error, the others go on
+                staged.append(e)
+        ok = [i for i, s in enumerate(staged) if not isinstance(s, BaseException)]
+        arrays = [staged[i][1].global_view for i in ok] + [staged[i][1].tiles for i in ok]
+        try:
+            feats = run_views(self.backend, arrays, vision_batch)
+        except Exception as e:  # noqa: BLE001
+            return [e if i in ok else s for i, s in enumerate(staged)]
+        out = list(staged)
+        for j, i in enumerate(ok):
+            opts, views, ids, mask = staged[i]
+            tiles = feats[len(ok) + j] if views.n_tiles else None
+            try:
+                embeds = self._layout(feats[j][0], tiles, views.crop)
+                out[i] = Prepared(views, embeds, ids, mask, self._scatter(ids, mask, embeds),
+                                  self.generation_for(opts), (self.tokenizer.special.eos,))
+            except Exception as e:  # noqa: BLE001
+                out[i] = e
+        return out
+
+    def _stage(self, image, options: RunOptions):
         mode = self.mode(options.mode)
         views = preprocess(image, mode, max_tiles=options.max_tiles)
-        embeds = self.encode(views)
-        ids, mask = self.prompt_ids(options, len(embeds))
-        return Prepared(views, embeds, ids, mask, self._scatter(ids, mask, embeds))
+        ids, mask = self.prompt_ids(options, mode.n_image_tokens(*views.crop))
+        limit = getattr(self.runner, "max_seq_len", None) or self.manifest.kv.max_seq_len  # any Runner may stand here
+        if len(ids) > limit:
+            raise CacheOverflowError(f"the prompt has {len(ids)} positions but the KV cache holds "
+                                     f"{limit} (max_seq_len); shorten the prompt or use "
+                                     f"a bundle built with a larger --max-seq-len")
+        return options, views, ids, mask
 
     def prompt_embeds(self, image_embeds: np.ndarray, options: RunOptions = RunOptions()) -> np.ndarray:
         """Image embeddings [N, D] (of this or another backend) -> the prompt's embeddings [T, D]."""
@@ -229,20 +277,73 @@ class Pipeline:
 
     def generate(self, image, options: RunOptions = RunOptions(),
                  on_text: Callable[[str], None] | None = None) -> tuple[str, GenerationResult]:
-        """Raw model text (grounding tags kept) and the generation record."""
-        prompt = self.prepare(image, options).embeds
-        sp = self.tokenizer.special
-        gen = self.generation_for(options)
+        """Raw model text (grounding tags kept) and the generation record (slot 0 of the runner)."""
+        page = self.prepare(image, options)
         streamer = TextStreamer(self.tokenizer.decode, on_text) if on_text else None
         self.runner.reset()
-        result = generate(self.runner, prompt, gen, eos_ids=(sp.eos,),
+        result = generate(self.runner, page.embeds, page.generation, eos_ids=page.eos_ids,
                           on_token=streamer.put if streamer else None)
         if streamer:
             streamer.end()
         return self.tokenizer.decode(result.ids), result
+
+    def ocr_many(self, sources, options: RunOptions = RunOptions(), batch: int | None = None) -> list:
+        """Many pages decoded together in `batch` slots (default: the pipeline's batch) -> one
+        PageResult, or the exception that page raised, per source, in order."""
+        loaded, futures = [], []
+        with self.engine(batch) as eng:
+            for src in sources:
+                try:
+                    page = load_image(src)
+                    loaded.append(page)
+                    futures.append(eng.submit(page, options))
+                except Exception as e:  # noqa: BLE001 - this page's error, the others go on
+                    loaded.append(None)
+                    futures.append(e)
+        out = []
+        for page, f in zip(loaded, futures):
+            if isinstance(f, Exception):
+                out.append(f)
+                continue
+            try:
+                raw, result = f.result()
+                out.append(render_markdown(raw, page).with_generation(result))
+            except Exception as e:  # noqa: BLE001
+                out.append(e)
+        return out
+
+    def engine(self, max_batch: int | None = None, **kwargs):
+        """A BatchEngine over this pipeline with `max_batch` slots (default: the pipeline's batch)."""
+        from .engine import BatchEngine
+
+        return BatchEngine(self, max_batch=max_batch or self.batch, **kwargs)
 
     def ocr(self, source, options: RunOptions = RunOptions(), on_text=None, figure_prefix: str = "") -> PageResult:
         """An image (path, bytes or PIL image) -> PageResult (markdown, boxes in page pixels, figure crops)."""
         page = load_image(source)
         raw, result = self.generate(page, options, on_text)
         return render_markdown(raw, page, prefix=figure_prefix).with_generation(result)
+
+
+def run_views(backend: Backend, arrays: list[np.ndarray], limit: int = 8) -> list[np.ndarray]:
+    """Vision features of many view stacks ([b_i, 3, S_i, S_i] each, b_i may be 0) with as few calls
+    as possible: stacks of one size are concatenated and run at most `limit` views a call.
+    -> [b_i, g_i*g_i, D] per stack, in order."""
+    if limit < 1:
+        raise InputError(f"vision batch limit {limit} must be >= 1")
+    out: list = [None] * len(arrays)
+    by_size: dict[int, list[int]] = {}
+    for i, a in enumerate(arrays):
+        by_size.setdefault(int(a.shape[-1]), []).append(i)
+    for idx in by_size.values():
+        stack = np.concatenate([arrays[i] for i in idx]) if len(idx) > 1 else arrays[idx[0]]
+        if len(stack) == 0:
+            feats = None
+        else:
+            feats = np.concatenate([backend.vision(stack[k:k + limit]) for k in range(0, len(stack), limit)])
+        at = 0
+        for i in idx:
+            n = len(arrays[i])
+            out[i] = feats[at:at + n] if n else np.zeros((0,), np.float32)
+            at += n
+    return out

@@ -30,3 +30,18 @@ def attention_mask(past_len: int, new_len: int, batch: int = 1, pad_left: np.nda
     if pad_left is not None:
         allowed &= k[None] >= np.asarray(pad_left)[:, None, None]
     return np.where(allowed, np.float32(0), NEG_INF)[:, None].astype(np.float32)
+
+
+def slot_mask(starts: np.ndarray, past_len: int, new_len: int) -> np.ndarray:
+    """Additive mask [n, 1, T, P+T] for a pass over n slots: slot r sees its own cached positions
+    [0, starts[r]) of the P bound past positions, and the new tokens causally.
+
+    With starts == [P] (one slot, its whole prefix bound) this equals attention_mask(P, T).
+    """
+    starts = np.asarray(starts, dtype=np.int64)  # [n]
+    k = np.arange(past_len)  # [P]
+    past_ok = k[None, None, :] < starts[:, None, None]  # [n, 1, P]
+    new_ok = np.arange(new_len)[None, :] <= np.arange(new_len)[:, None]  # [T, T]
+    allowed = np.concatenate([np.broadcast_to(past_ok, (len(starts), new_len, past_len)),
+                              np.broadcast_to(new_ok, (len(starts), new_len, new_len))], axis=-1)
+    return np.where(allowed, np.float32(0), NEG_INF)[:, None].astype(np.float32)

@@ -58,12 +58,16 @@ class Attention(nn.Module):
         c, s = cos.unsqueeze(2), sin.unsqueeze(2)  # [B,T,1,hd]
         q = q * c + rotate_half(q) * s
         k = k * c + rotate_half(k) * s
-        keys = torch.cat([past_k, k], dim=1).permute(0, 2, 3, 1)  # [B,H,hd,P+T]
-        vals = torch.cat([past_v, v], dim=1).transpose(1, 2)  # [B,H,P+T,hd]
-        scores = torch.matmul(q.transpose(1, 2), keys) * (self.head_dim**-0.5) + mask
-        probs = scores.float().softmax(-1).to(x.dtype)
-        out = torch.matmul(probs, vals).transpose(1, 2).reshape(b, t, d)
-        return self.o_proj(out), k, v
+        # The past is read where it lies, never concatenated with the new entries (a Concat would
+        # copy all P cached positions of every layer on every step): scores and the weighted sum
+        # are split into a past part and a new part.
+        qh, p = q.transpose(1, 2), past_k.shape[1]  # [B,H,T,hd]
+        scores = torch.cat([torch.matmul(qh, past_k.permute(0, 2, 3, 1)),  # [B,H,T,P]
+                            torch.matmul(qh, k.permute(0, 2, 3, 1))], dim=-1)  # [B,H,T,P+T]
+        probs = (scores * (self.head_dim**-0.5) + mask).float().softmax(-1).to(x.dtype)
+        out = (torch.matmul(probs[..., :p], past_v.transpose(1, 2))  # [B,H,T,hd]
+               + torch.matmul(probs[..., p:], v.transpose(1, 2)))
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, d)), k, v
 
 
 class GatheredExperts(nn.Module):

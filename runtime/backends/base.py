@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..kv_cache import KVCache
+from ..kv_cache import KVCache, KVStep
 from ..manifest import Manifest
 
 
@@ -39,17 +39,29 @@ class Backend(ABC):
             raise InputError(f"token ids must lie in [0, {self.manifest.vocab_size})")
         return self._embed_impl(ids)
 
-    def decode(self, embeds: np.ndarray, cos: np.ndarray, sin: np.ndarray, mask: np.ndarray, cache: KVCache) -> np.ndarray:
-        """One pass over T new tokens: embeds [B,T,D], cos/sin [B,T,hd], mask [B,1,T,P+T] -> logits [B,V].
+    def decode(self, embeds: np.ndarray, cos: np.ndarray, sin: np.ndarray, mask: np.ndarray,
+               cache: KVCache | KVStep) -> np.ndarray:
+        """One pass over T new tokens of n slots: embeds [n,T,D], cos/sin [n,T,hd], mask [n,1,T,P+T] -> logits [n,V].
 
-        Writes the new K/V into cache[:, P:P+T] and advances cache.length to P+T.
+        cache: a KVStep (`KVCache.step(slots, T)`: which slots, what P the past spans), or a KVCache
+        whose slots all take part (batch 1: the cache itself). Writes the new K/V of slot b at
+        [b, len_b:len_b+T] and advances its length by T; nothing is written when the pass fails.
         """
-        start, stop = cache.reserve(embeds.shape[1])
-        if mask.shape[-1] != stop or mask.shape[-2] != embeds.shape[1]:
-            raise InputError(f"attention_mask {mask.shape} does not fit {start} cached + {embeds.shape[1]} new tokens")
-        logits = self._decode_impl(embeds, cos, sin, mask, cache, start, stop)
-        cache.commit(stop)
+        step = cache if isinstance(cache, KVStep) else cache.step(range(cache.batch), embeds.shape[1])
+        n, t = embeds.shape[0], embeds.shape[1]
+        if n != step.batch or step.new_tokens != t:
+            raise InputError(f"{n} rows of {t} tokens do not match a pass over {step.batch} slot(s) of {step.new_tokens}")
+        if mask.shape != (n, 1, t, step.past_len + t):
+            raise InputError(f"attention_mask {mask.shape} does not fit {step.past_len} past + {t} new positions "
+                             f"for {n} slot(s)")
+        logits = self._decode_impl(embeds, cos, sin, mask, step)
+        step.commit()
         return logits
+
+    @property
+    def max_decode_batch(self) -> int | None:
+        """The most slots one decoder pass may carry (None: no limit)."""
+        return None
 
     def close(self) -> None:
         """Release what the backend holds (sessions, buffers); the backend is unusable afterwards."""
@@ -68,4 +80,5 @@ class Backend(ABC):
     def _embed_impl(self, input_ids: np.ndarray) -> np.ndarray: ...
 
     @abstractmethod
-    def _decode_impl(self, embeds, cos, sin, mask, cache: KVCache, start: int, stop: int) -> np.ndarray: ...
+    def _decode_impl(self, embeds, cos, sin, mask, step: KVStep) -> np.ndarray:
+        """Bind past_* to step.past(i), present_* to step.present(i); return logits [n, V]."""

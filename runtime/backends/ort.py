@@ -1,8 +1,10 @@
 """ONNX Runtime backend: CPU by default, CUDA / TensorRT execution providers when asked and present.
 
-The decoder runs through IOBinding: past_* inputs are bound to views of the preallocated cache and
-present_* outputs to the cache slots they fill, so ORT writes new K/V in place (no per-step copies
-for batch 1), and logits land in one reused buffer.
+The decoder runs through IOBinding: past_* inputs are bound to what the KVStep gives (views of the
+preallocated cache: its prefix for one slot, the slots' full rows or a gathered copy for several)
+and present_* outputs to the cache rows they fill (one slot: written in place, no per-step copy) or
+to the step's staging buffers (several slots: scattered by KVStep.commit); logits land in one
+reused buffer per batch size.
 
 Vision runs shrink ORT's CPU arena when they end: their activations are GB-sized (SAM's global
 attention at 1024 px: [12, 4096, 4096] fp32 per tensor) and would otherwise stay reserved while the
@@ -14,12 +16,12 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
 from ..errors import BackendUnavailableError, InputError, ManifestError
-from ..kv_cache import KVCache
+from ..kv_cache import KVStep
 from ..manifest import GraphSpec, Manifest
 from .base import Backend
 
@@ -123,10 +125,11 @@ class SessionCache:
                 self._sessions[file] = session
             return self._sessions[file]
 
-    def load_all(self) -> None:
-        """Create every graph's session now, so that a bad graph fails here rather than mid-page."""
-        for graph in self.manifest.graphs.values():
-            self.get(graph.file)
+    def load_all(self, keys: Iterable[str] | None = None) -> None:
+        """Create the sessions of graphs `keys` (default: every graph) now, so that a bad graph fails
+        here rather than mid-page."""
+        for key in (self.manifest.graphs if keys is None else keys):
+            self.get(self.manifest.graphs[key].file)
 
     def items(self) -> list[tuple[str, object]]:
         with self._lock:
@@ -141,20 +144,34 @@ class OrtBackend(Backend):
     name = "ort"
 
     def __init__(self, bundle_dir: str | Path, manifest: Manifest, device: str = "cpu", threads: int | None = None,
-                 session_config: Mapping[str, str] | None = None, sessions: SessionCache | None = None):
+                 session_config: Mapping[str, str] | None = None, sessions: SessionCache | None = None,
+                 step_graph: bool | None = None):
         """sessions: a SessionCache to share with other backends of the same bundle (then device,
-        threads and session_config are the cache's); default: a cache of this backend's own."""
+        threads and session_config are the cache's); default: a cache of this backend's own.
+        step_graph: run one-token passes on the bundle's `decoder_step` graph (MoE "gather": only the
+        selected experts); default: when the bundle targets it at ONNX Runtime on the CPU (the
+        weight-only variants; an fp32 step graph would hold a second copy of the decoder weights)."""
         super().__init__(bundle_dir, manifest)
         self.sessions = sessions or SessionCache(bundle_dir, manifest, device, threads, session_config)
         self._ort = self.sessions.ort
         self._vision_run = self._ort.RunOptions()
         self._vision_run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        self._binding = None  # the decoder's IOBinding, made on the first decode (graphs load lazily)
-        self._logits: np.ndarray | None = None
+        if step_graph is None:
+            targets = manifest.source.get("targets", {}) if isinstance(manifest.source, dict) else {}
+            step_graph = "onnxruntime-cpu" in (targets.get("decoder_step") or ())
+        self.step_graph = bool(step_graph) and "decoder_step" in manifest.graphs
+        self._bindings: dict[str, tuple[object, object]] = {}  # graph key -> (session, IOBinding), made on first use
+        self._binding = None  # the IOBinding of the pass being bound
+        self._logits: dict[int, np.ndarray] = {}  # batch -> [batch, V], reused
+
+    def graph_keys(self) -> list[str]:
+        """The graphs this backend runs: vision, embed, the decoder (and the step graph when it uses one)."""
+        skip = set() if self.step_graph else {"decoder_step"}
+        return [k for k in self.manifest.graphs if k not in skip]
 
     def close(self) -> None:
-        self._binding = None
-        self._logits = None
+        self._bindings, self._binding = {}, None
+        self._logits = {}
 
     def _vision_impl(self, graph_file: str, pixel_values: np.ndarray) -> np.ndarray:
         return self.sessions.get(graph_file).run(["image_features"], {"pixel_values": pixel_values}, self._vision_run)[0]
@@ -166,31 +183,34 @@ class OrtBackend(Backend):
         """Bind `array`'s memory (a contiguous view, else a copy that the caller keeps alive)."""
         if not array.flags.c_contiguous:
             if output:
-                raise InputError(f"{name}: output views must be contiguous (use batch 1)")
+                raise InputError(f"{name}: output buffers must be contiguous")
             array = np.ascontiguousarray(array)
         bind = self._binding.bind_output if output else self._binding.bind_input
         bind(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
         return array
 
-    def _decode_impl(self, embeds, cos, sin, mask, cache: KVCache, start: int, stop: int) -> np.ndarray:
-        if self._binding is None:
-            self._decoder = self.sessions.get(self.manifest.graphs["decoder"].file)
-            self._binding = self._decoder.io_binding()
-        b = self._binding
+    def _decode_impl(self, embeds, cos, sin, mask, step: KVStep) -> np.ndarray:
+        key = "decoder_step" if self.step_graph and embeds.shape[1] == 1 else "decoder"
+        if key not in self._bindings:
+            session = self.sessions.get(self.manifest.graphs[key].file)
+            self._bindings[key] = (session, session.io_binding())
+        session, b = self._bindings[key]
+        self._binding = b
         b.clear_binding_inputs()
         b.clear_binding_outputs()
         keep = [self._bind(n, np.ascontiguousarray(a, dtype=np.float32)) for n, a in
                 (("inputs_embeds", embeds), ("cos", cos), ("sin", sin), ("attention_mask", mask))]
-        for i in range(cache.num_layers):
-            pk, pv = cache.past(i)
-            sk, sv = cache.slot(i, start, stop)
+        for i in range(step.num_layers):
+            pk, pv = step.past(i)
+            sk, sv = step.present(i)
             keep += [self._bind(f"past_key.{i}", pk), self._bind(f"past_value.{i}", pv)]
             self._bind(f"present_key.{i}", sk, output=True)
             self._bind(f"present_value.{i}", sv, output=True)
         batch = embeds.shape[0]
-        if self._logits is None or self._logits.shape[0] != batch:
-            self._logits = np.empty((batch, self.manifest.vocab_size), dtype=np.float32)
-        self._bind("logits", self._logits, output=True)
-        self._decoder.run_with_iobinding(b)
+        logits = self._logits.get(batch)
+        if logits is None:
+            logits = self._logits[batch] = np.empty((batch, self.manifest.vocab_size), dtype=np.float32)
+        self._bind("logits", logits, output=True)
+        session.run_with_iobinding(b)
         del keep
-        return self._logits
+        return logits

@@ -1,13 +1,15 @@
 """TensorRT backend: the plans of `<bundle>/engines/` (engines.json), run with execute_async_v3.
 
-Letters: B batch (1 here), T new tokens, P cached tokens, S max_seq_len, H heads, hd head dim.
+Letters: B slots, T new tokens, P cached tokens, S max_seq_len, H heads, hd head dim.
 Residency: every engine I/O lives in device buffers (polygraphy.cuda DeviceArray); numpy arrays are
 copied in and results copied out on one CUDA stream.
 
-The KV cache lives on the device: per layer one key and one value buffer [1, PAST_PAD + S, H, hd],
-allocated once. Slot 0 is a dummy entry (zeros) that the attention mask always hides: past_* inputs
-are bound to the buffer base with shape [1, PAST_PAD + P, H, hd] (so the past is never empty,
-see engines/profiles.py), and present_* outputs to base + (PAST_PAD + P) rows, where the decoder
+The KV cache lives on the device: per layer one key and one value buffer [B, PAST_PAD + S, H, hd]
+for the host cache's B slots, allocated once. Each slot's region starts with a dummy entry (zeros)
+that the attention mask always hides: a pass over slot b (one slot per pass: the decoder profiles
+are batch 1, so BundleRunner splits a pass over n slots into n) binds past_* to the region's base
+with shape [1, PAST_PAD + P, H, hd] (so the past is never empty, see engines/profiles.py), and
+present_* outputs to base + (PAST_PAD + P) rows, where the decoder
 writes the T new entries in place (pointer arithmetic on the preallocated buffer; the same design as
 the ORT backend's IOBinding). The host KVCache handed to decode() then only keeps the bookkeeping
 (its length); its arrays are not written. A cache that arrives holding entries (length > 0) that
@@ -29,7 +31,7 @@ import numpy as np
 from ..engines_file import (ENGINES_DIR, ENGINES_FORMAT, ENGINES_FORMAT_VERSION, ENGINES_NAME,  # noqa: F401
                             EnginesRecord, inside, read_engines)
 from ..errors import BackendUnavailableError, DsocrError, EngineMismatchError, InputError, ManifestError
-from ..kv_cache import KVCache
+from ..kv_cache import KVCache, KVStep
 from ..manifest import Manifest, sha256_file
 from ..rope import NEG_INF
 from .base import Backend
@@ -249,10 +251,17 @@ class TrtBackend(Backend):
         return np.concatenate([self._run_one(key, "pixel_values", c, "image_features") for c in chunks])
 
     def _embed_impl(self, input_ids: np.ndarray) -> np.ndarray:
-        return self._run_one("embed", "input_ids", input_ids, "inputs_embeds")
+        n, t = input_ids.shape
+        if n == 1:
+            return self._run_one("embed", "input_ids", input_ids, "inputs_embeds")
+        flat = input_ids.reshape(1, n * t)  # the embedding is per token: [n, T] runs as one row (batch-1 profile)
+        most = max(p["input_ids"][2][1] for p in self._plans["embed"].profiles)
+        parts = [self._run_one("embed", "input_ids", flat[:, k:k + most], "inputs_embeds")
+                 for k in range(0, n * t, most)]
+        return np.concatenate(parts, axis=1).reshape(n, t, -1)
 
     def _device_cache(self, cache: KVCache) -> tuple[list, list]:
-        """Device K/V buffers [1, PAST_PAD + S, H, hd] per layer, in step with `cache`."""
+        """Device K/V buffers [B, PAST_PAD + S, H, hd] per layer, in step with `cache` (B slots)."""
         kv, dtype = self.manifest.kv, self._plans["decoder"].dtypes["present_key.0"]
         row = kv.num_heads * kv.head_dim * np.dtype(dtype).itemsize
         if row % 256:
@@ -260,33 +269,52 @@ class TrtBackend(Backend):
         if self._kv_owner is not None and self._kv_owner is not cache:
             self._transfer(self._kv_owner, dtype, row, to_device=False)  # hand-over: entries back to the host
             self._kv_owner = None
-        if self._kv is None or self._kv[0][0].shape[1] < PAST_PAD + cache.max_seq_len:
-            shape = (1, PAST_PAD + cache.max_seq_len, kv.num_heads, kv.head_dim)
-            zeros = np.zeros((1, PAST_PAD, kv.num_heads, kv.head_dim), dtype)  # masked, but never NaN garbage
-            self._kv = tuple([self._cuda.DeviceArray(shape=shape, dtype=dtype).copy_from(zeros, stream=self._stream)
-                              for _ in range(kv.num_layers)] for _ in range(2))
+        have = self._kv[0][0].shape if self._kv is not None else (0, 0)
+        if have[0] < cache.batch or have[1] < PAST_PAD + cache.max_seq_len:
+            self._kv = None
+            shape = (cache.batch, PAST_PAD + cache.max_seq_len, kv.num_heads, kv.head_dim)
+            zeros = np.zeros((PAST_PAD, kv.num_heads, kv.head_dim), dtype)  # masked, but never NaN garbage
+            self._kv = tuple([self._cuda.DeviceArray(shape=shape, dtype=dtype) for _ in range(kv.num_layers)]
+                             for _ in range(2))
+            copy, kind = self._cuda.wrapper().memcpy, self._cuda.MemcpyKind
+            for dev in self._kv[0] + self._kv[1]:
+                for b in range(cache.batch):
+                    copy(dev.ptr + b * shape[1] * row, zeros.ctypes.data, zeros.nbytes, kind.HostToDevice,
+                         self._stream.ptr)
+            self._stream.synchronize()
         if self._kv_owner is None:
             self._transfer(cache, dtype, row, to_device=True)  # entries written elsewhere: upload once
             self._kv_owner = cache
         return self._kv
 
-    def _transfer(self, cache: KVCache, dtype: np.dtype, row: int, to_device: bool) -> None:
-        """Copy the valid prefix [:, :length] of `cache` between its host arrays and the device cache."""
-        n, copy, kind = cache.length, self._cuda.wrapper().memcpy, self._cuda.MemcpyKind
-        for dev, host in zip(self._kv[0] + self._kv[1], cache.key + cache.value) if n else ():
-            at = dev.ptr + PAST_PAD * row
-            if to_device:
-                part = np.ascontiguousarray(host[:, :n], dtype=dtype)
-                copy(at, part.ctypes.data, part.nbytes, kind.HostToDevice, self._stream.ptr)
-            else:
-                part = np.empty(host[:, :n].shape, dtype)
-                copy(part.ctypes.data, at, part.nbytes, kind.DeviceToHost, self._stream.ptr)
-                self._stream.synchronize()
-                host[:, :n] = part
+    def _slot_base(self, dev, slot: int, row: int) -> int:
+        """Device address of slot `slot`'s region (its dummy entry first) in a K or V buffer."""
+        return dev.ptr + slot * dev.shape[1] * row
 
-    def _decode_impl(self, embeds, cos, sin, mask, cache: KVCache, start: int, stop: int) -> np.ndarray:
+    def _transfer(self, cache: KVCache, dtype: np.dtype, row: int, to_device: bool) -> None:
+        """Copy each slot's valid prefix [b, :len_b] between its host arrays and the device cache."""
+        copy, kind = self._cuda.wrapper().memcpy, self._cuda.MemcpyKind
+        for b, n in enumerate(int(x) for x in cache.lengths):
+            for dev, host in zip(self._kv[0] + self._kv[1], cache.key + cache.value) if n else ():
+                at = self._slot_base(dev, b, row) + PAST_PAD * row
+                if to_device:
+                    part = np.ascontiguousarray(host[b, :n], dtype=dtype)
+                    copy(at, part.ctypes.data, part.nbytes, kind.HostToDevice, self._stream.ptr)
+                else:
+                    part = np.empty(host[b, :n].shape, dtype)
+                    copy(part.ctypes.data, at, part.nbytes, kind.DeviceToHost, self._stream.ptr)
+                    self._stream.synchronize()
+                    host[b, :n] = part
+
+    @property
+    def max_decode_batch(self) -> int | None:
+        return 1  # the decoder profiles are batch 1 (engines/profiles.py)
+
+    def _decode_impl(self, embeds, cos, sin, mask, step: KVStep) -> np.ndarray:
+        cache = step.cache
         if embeds.shape[0] != 1:
-            raise InputError(f"the TensorRT backend decodes batch 1 (got {embeds.shape[0]})")
+            raise InputError(f"the TensorRT backend decodes one slot per pass (got {embeds.shape[0]})")
+        start, slot = int(step.starts[0]), step.slots[0]
         eng, kv = self._plans["decoder"], self.manifest.kv
         keys, values = self._device_cache(cache)
         pad = np.full(mask.shape[:-1] + (PAST_PAD,), NEG_INF, dtype=np.float32)
@@ -300,8 +328,9 @@ class TrtBackend(Backend):
         row = kv.num_heads * kv.head_dim * eng.dtypes["present_key.0"].itemsize
         for i in range(kv.num_layers):
             for w, dev in (("key", keys[i]), ("value", values[i])):
-                addr[f"past_{w}.{i}"] = dev.ptr  # [1, PAST_PAD + start, H, hd]: the prefix of the buffer
-                addr[f"present_{w}.{i}"] = dev.ptr + (PAST_PAD + start) * row  # rows [PAST_PAD+start, PAST_PAD+stop)
+                base = self._slot_base(dev, slot, row)
+                addr[f"past_{w}.{i}"] = base  # [1, PAST_PAD + start, H, hd]: the prefix of the slot's region
+                addr[f"present_{w}.{i}"] = base + (PAST_PAD + start) * row  # rows [PAST_PAD+start, PAST_PAD+stop)
         logits = self._buffer("decoder:logits", (1, self.manifest.vocab_size), eng.dtypes["logits"])
         addr["logits"] = logits.ptr
         eng.run(ctx, addr)

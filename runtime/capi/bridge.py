@@ -156,7 +156,8 @@ class Model:
 
             # graph file -> InferenceSession, shared read-only by every backend of this model
             self.sessions = SessionCache(path, self.assets.manifest, device=self.device, threads=self.threads)
-            self.sessions.load_all()  # every graph now: failures surface here, not mid-page
+            self._spare = self.backend()
+            self.sessions.load_all(self._spare.graph_keys())  # every graph it runs now: failures surface here
         else:
             self._spare = self.backend()  # loads and checks the plans now; the first pipeline gets it
 

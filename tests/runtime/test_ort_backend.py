@@ -65,3 +65,31 @@ def test_telemetry_is_off_unless_opted_in(monkeypatch, env, expect_calls):
         monkeypatch.setenv(ort_backend.TELEMETRY_ENV, env)
     ort_backend.import_ort()
     assert len(calls) == expect_calls
+
+
+def test_one_token_passes_run_on_the_step_graph_when_asked(demo_bundle, sample_page):
+    """step_graph=True: prefill on `decoder`, one-token steps on `decoder_step` (same logits within
+    1e-4 x max|ref|); the default for an fp32 bundle leaves the step graph unloaded."""
+    from dsocr.runtime.backends.ort import OrtBackend, SessionCache
+    from dsocr.runtime.decoding import GenerationOptions
+    from dsocr.runtime.pipeline import BundleAssets, Pipeline, RunOptions
+
+    assets = BundleAssets.load(demo_bundle)
+    m = assets.manifest
+    assert "decoder_step" in m.graphs
+    runs = {}
+    for step_graph in (False, True):
+        cache = SessionCache(demo_bundle, m)
+        backend = OrtBackend(demo_bundle, m, sessions=cache, step_graph=step_graph)
+        pipe = Pipeline.compose(backend, assets.tokenizer, assets.layout, max_seq_len=256)
+        prep = pipe.prepare(sample_page, RunOptions(generation=GenerationOptions(max_new_tokens=4)))
+        pipe.runner.reset()
+        logits = [pipe.runner.prefill(prep.embeds).copy()]
+        for _ in range(4):
+            logits.append(pipe.runner.step(int(np.argmax(logits[-1]))).copy())
+        loaded = {f for f, _ in cache.items()}
+        assert (m.graphs["decoder_step"].file in loaded) == step_graph and m.graphs["decoder"].file in loaded
+        runs[step_graph] = np.stack(logits)
+    ref, got = runs[False], runs[True]
+    assert float(np.abs(got - ref).max() / np.abs(ref).max()) <= 1e-4
+    assert OrtBackend(demo_bundle, m).step_graph is False  # fp32: targets the step graph at TensorRT only
