@@ -31,3 +31,12 @@ def test_import_linter_contracts_are_kept(repo_root):
     out = _run([str(exe)], repo_root)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "KEPT" in out.stdout and " 0 broken" in out.stdout, out.stdout
+
+
+def test_test_file_basenames_are_unique(repo_root):
+    """pytest imports test modules by basename (no __init__.py in tests/): two test_x.py in different
+    folders stop the whole run at collection."""
+    import collections
+
+    names = collections.Counter(p.name for p in (repo_root / "tests").rglob("test_*.py"))
+    assert not [n for n, c in names.items() if c > 1]
