@@ -7,7 +7,11 @@ Each generation gets a vision-only checkpoint: the real encoder config (tests/fi
 config.json) with deterministic rule weights, and a one-layer decoder with a 512-token vocabulary (the
 decoder is not measured; it only keeps the bundle complete). Its bundle (mode gundam resp. ocr2) is built
 once under --work and reused. Every (generation, backend) runs in its own process, so each peak RSS is
-its own and none holds more than one copy of the weights (~1.5 GB fp32 each; peak RSS ~4 GB).
+its own. Memory: the weights are ~1.5 GB fp32 per copy, but the page row runs its 6 tiles as one batch
+(as the runtime does), and SAM's global-attention blocks then hold several [6, 12, T, T] tensors
+(T = 1600 at 640 px, 2304 at 768 px). Measured peak RSS on a loaded 2-core machine: v1 eager 4.6 GiB,
+v1 ORT 6.0 GiB (each vision session also holds its own weights), v2 eager above 6 GiB. Give it ~8 GB
+free and a quiet machine; the first run also builds ~6 GB of checkpoints and bundles under --work.
 
 Rows: one tile (v1 640 px, v2 768 px; batch 1), the 1024 px global view, and a page end to end
 (preprocess + tiles + global + layout through the runtime pipeline) on the shipped portrait sample page

@@ -87,8 +87,9 @@ def _build_fp32(modes, checkpoint, out, max_seq_len, force, quiet, engines) -> N
             from .demo import write_demo_checkpoint
 
             generation = _generation(modes)
-            click.echo(f"no --checkpoint: using the built-in demo checkpoint ({generation}; "
-                       "reduced sizes, its text is meaningless)")
+            label = {"ocr1": "DeepSeek-OCR", "ocr2": "DeepSeek-OCR-2"}[generation]
+            click.echo(f"no --checkpoint: using the built-in demo checkpoint ({label}; reduced sizes, "
+                       "its text is meaningless)")
             checkpoint, source = write_demo_checkpoint(Path(tmp) / "demo", generation=generation), DEMO_SOURCE
         else:
             source = None

@@ -80,7 +80,7 @@ def test_build_then_run_offline(tmp_path, sample_page, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(export_main, ["build", "--mode", "ocr2", "--quiet", "--no-engines", "--max-seq-len", "2048"])
     assert r.exit_code == 0, r.output
-    assert "ocr2 demo checkpoint" in r.output and read_manifest("bundles/ocr2").generation == "ocr2"
+    assert "built-in demo checkpoint (DeepSeek-OCR-2;" in r.output and read_manifest("bundles/ocr2").generation == "ocr2"
     r = CliRunner().invoke(run_main, ["run", "--model", "bundles/ocr2", "--max-new-tokens", "32", str(sample_page), "-o", "out"])
     assert r.exit_code == 0, r.output
     md = (tmp_path / "out" / "sample_page.md").read_text()
