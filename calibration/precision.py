@@ -160,7 +160,13 @@ def weight_only(model: onnx.ModelProto, bits: int, block_size: int = 32, lm_head
                 gather: bool = False, accuracy_level: int = ACCURACY_LEVEL) -> onnx.ModelProto:
     """MatMul weights -> `bits`-bit symmetric blocks (MatMulNBits, `accuracy_level`); router gates stay
     fp32; the lm_head gets `lm_head_bits` (None: fp32); gather=True also packs Gather tables (4 bits only)."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as e:  # e.g. onnx-ir, which onnxruntime's quantizer imports without declaring it
+        from dsocr.runtime.errors import BackendUnavailableError
+
+        raise BackendUnavailableError(f"the weight-only quantizer cannot be imported ({e}); "
+                                      "install the calibration extra: pip install 'dsocr[calib]'") from e
 
     keep = {n: w for n, w in weighted_nodes(model.graph).items() if always_fp32(w)}
     heads = [n for n, w in keep.items() if "lm_head" in w]

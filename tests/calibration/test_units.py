@@ -111,3 +111,26 @@ def test_edit_distance():
     assert edit_distance("kitten", "sitting") == 3
     assert edit_distance("", "abc") == edit_distance("abc", "") == 3
     assert edit_distance("表格", "表格") == 0 and edit_distance("flaw", "lawn") == 2
+
+
+def test_weight_only_without_its_quantizer_names_the_extra(monkeypatch):
+    """A missing package behind onnxruntime's MatMulNBitsQuantizer (onnx-ir) is a typed error naming
+    the extra, not a traceback."""
+    import builtins
+
+    import onnx
+    import pytest
+
+    from dsocr.calibration.precision import weight_only
+    from dsocr.runtime.errors import BackendUnavailableError
+
+    real = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name.endswith("matmul_nbits_quantizer"):
+            raise ModuleNotFoundError("No module named 'onnx_ir'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(BackendUnavailableError, match=r"onnx_ir.*dsocr\[calib\]"):
+        weight_only(onnx.ModelProto(), bits=4)
