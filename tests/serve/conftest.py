@@ -87,3 +87,65 @@ def client(server):
     import openai
 
     return openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=300)
+
+
+class ScriptedSlots:
+    """A slot runner without a model (what BatchEngine drives: prefill_slot, step_slots, length, free):
+    the logits of a slot are one-hot at `next_id(ids fed since its prefill)`; each step waits `delay`
+    seconds. Put on a real Pipeline as its `runner`, it makes the engine, the server and the
+    post-processing real while the text is scripted."""
+
+    def __init__(self, vocab: int, next_id, delay: float = 0.0, max_seq_len: int = 1 << 20):
+        self.vocab, self.next_id, self.delay, self.max_seq_len = vocab, next_id, delay, max_seq_len
+        self._fed: dict[int, list[int]] = {}
+        self._len: dict[int, int] = {}
+
+    def length(self, slot: int) -> int:
+        return self._len.get(slot, 0)
+
+    def free(self, slot: int) -> None:
+        self._fed.pop(slot, None)
+        self._len.pop(slot, None)
+
+    def _logits(self, slot: int):
+        import numpy as np
+
+        out = np.full(self.vocab, -1e4, np.float32)
+        out[self.next_id(self._fed[slot])] = 0.0
+        return out
+
+    def prefill_slot(self, slot: int, embeds):
+        self._fed[slot], self._len[slot] = [], len(embeds)
+        return self._logits(slot)
+
+    def step_slots(self, slots, token_ids):
+        import numpy as np
+
+        time.sleep(self.delay)
+        rows = []
+        for s, t in zip(slots, token_ids):
+            self._fed[s].append(int(t))
+            self._len[s] += 1
+            rows.append(self._logits(s))
+        return np.stack(rows)
+
+
+class ScriptedPipeline:
+    """A real Pipeline (bundle, preprocessing, vision, tokenizer) whose decoding is a ScriptedSlots."""
+
+    def __init__(self, bundle, next_id, delay: float = 0.0):
+        from dsocr.runtime.pipeline import Pipeline
+
+        self._pipe = Pipeline(bundle)
+        self.runner = ScriptedSlots(self._pipe.manifest.vocab_size, next_id, delay)
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+
+def endless(vocab: int = 1000, seed: int = 0):
+    """next_id for a page that never ends: varied ids (no EOS, nothing the loop guard sees repeat)."""
+    import random
+
+    rng = random.Random(seed)
+    return lambda fed: rng.randrange(10, vocab)

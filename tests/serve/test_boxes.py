@@ -1,39 +1,30 @@
 """return_boxes: grounded model text -> boxes in page pixels, in plain and streamed responses.
 
-The demo checkpoint never writes grounding tags, so this server's pipeline answers a fixed grounded
-text (a test double for generate only: the engine, the server and the post-processing are real)."""
+The demo checkpoint never writes grounding tags, so this server's pipeline decodes a fixed grounded
+text (a scripted slot runner: the bundle, the engine, the server and the post-processing are real)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from conftest import ThreadServer, free_port
+from conftest import ScriptedPipeline, ThreadServer, endless, free_port
 from test_server import data_url, messages
 
 openai = pytest.importorskip("openai")
 
-from dsocr.runtime.decoding import GenerationResult  # noqa: E402
 from dsocr.runtime.engine import BatchEngine  # noqa: E402
-from dsocr.runtime.pipeline import Pipeline  # noqa: E402
 
 GROUNDED = "<|ref|>title<|/ref|><|det|>[[100, 50, 900, 150]]<|/det|>\n# Hello\n"
 
 
-class GroundedPipeline:
-    """A real Pipeline whose generate() answers GROUNDED (streamed in two chunks)."""
+def GroundedPipeline(bundle):
+    """A real Pipeline whose decoding spells GROUNDED, then EOS."""
+    from dsocr.runtime.pipeline import BundleAssets
 
-    def __init__(self, bundle):
-        self._pipe = Pipeline(bundle)
-
-    def __getattr__(self, name):
-        return getattr(self._pipe, name)
-
-    def generate(self, image, options, on_text=None):
-        for part in (GROUNDED[:30], GROUNDED[30:]):
-            if on_text:
-                on_text(part)
-        return GROUNDED, GenerationResult(ids=[7] * 5, stop_reason="eos", n_prompt=111)
+    tok = BundleAssets.load(bundle).tokenizer
+    ids = tok.encode(GROUNDED) + [tok.special.eos]
+    return ScriptedPipeline(bundle, lambda fed: ids[min(len(fed), len(ids) - 1)])
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +39,7 @@ def grounded(demo_bundle):
 
 def test_boxes_in_page_pixels(grounded, sample_page):
     url = data_url(Path(sample_page).read_bytes())  # 794 x 1123 pixels
-    r = grounded.chat.completions.create(model="g", messages=messages(url), max_tokens=5,
+    r = grounded.chat.completions.create(model="g", messages=messages(url), max_tokens=64,
                                          extra_body={"skip_special_tokens": False, "dsocr": {"return_boxes": True}})
     ext = r.model_extra["dsocr"]
     # x = int(v / 999 * 794), y = int(v / 999 * 1123)
@@ -65,15 +56,9 @@ def test_boxes_in_page_pixels(grounded, sample_page):
     assert "dsocr" not in (plain.model_extra or {})  # only when asked
 
 
-class EndlessPipeline(GroundedPipeline):
-    """generate() streams until the engine cancels it (on_text raises), like a page that never ends."""
-
-    def generate(self, image, options, on_text=None):
-        import time
-
-        while True:
-            on_text("x")
-            time.sleep(0.01)
+def EndlessPipeline(bundle):
+    """A real Pipeline whose page never ends (a step every 20 ms), until the engine cancels it."""
+    return ScriptedPipeline(bundle, endless(), delay=0.02)
 
 
 def test_request_timeout_is_504_and_frees_the_slot(demo_bundle, sample_page):

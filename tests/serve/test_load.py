@@ -16,7 +16,6 @@ openai = pytest.importorskip("openai")
 from dsocr.runtime.decoding import GenerationOptions  # noqa: E402
 from dsocr.runtime.pipeline import Pipeline, RunOptions  # noqa: E402
 from dsocr.runtime.postprocess import EOS_TEXT  # noqa: E402
-from dsocr.serve.app import load_engine  # noqa: E402
 
 CLIENTS, REQUESTS = 32, 4
 
@@ -74,9 +73,12 @@ def test_not_ready_then_queue_full_429_and_disconnects_free_the_slot(demo_bundle
 
     gate = threading.Event()
 
-    def gated(opts):
+    def gated(opts):  # pages that never end by themselves (the demo's stop at its loop guard within a second)
+        from conftest import ScriptedPipeline, endless
+        from dsocr.runtime.engine import BatchEngine
+
         gate.wait(120)
-        return load_engine(opts)
+        return BatchEngine(ScriptedPipeline(opts.bundle, endless(), delay=0.02), max_queue=opts.max_queue).start()
 
     srv = ThreadServer(ServeOptions(bundle=demo_bundle, port=free_port(), max_queue=1,
                                     served_model_name=MODEL), loader=gated).start(wait_ready=False)
