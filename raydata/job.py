@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from dsocr.runtime.batch import ERRORS_FILE, remove_stale_temp
+from dsocr.runtime.batch import ERRORS_FILE, output_lock, prepare_output_dir, remove_stale_temp
 from dsocr.runtime.errors import BackendUnavailableError, InputError
 
 from .pages import NO_PAGE, list_pages, list_sources, pages_of
@@ -74,9 +74,15 @@ def run_job(inputs: Iterable[str | Path], out_dir: str | Path, ocr_kwargs: dict[
     if len(set(stems)) != len(stems):
         dup = sorted({s for s in stems if stems.count(s) > 1})
         raise InputError(f"several inputs share the name(s) {', '.join(dup)}: their pages would write the same files")
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp(out)
+    out = prepare_output_dir(Path(out_dir).resolve())  # an impossible out_dir: OutputError, as for dsocr run
+    with output_lock(out):  # one run per output directory, as run_batch: a second one is refused
+        remove_stale_temp(out)
+        return _run_locked(ray, sources, out, ocr_kwargs, address, actors, batch_size, dpi, num_cpus, num_gpus,
+                           progress)
+
+
+def _run_locked(ray, sources, out: Path, ocr_kwargs, address, actors, batch_size, dpi, num_cpus, num_gpus,
+                progress) -> JobSummary:
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=progress)
     ray.data.DataContext.get_current().enable_progress_bars = progress
