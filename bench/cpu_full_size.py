@@ -223,6 +223,8 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=2, help="passes over all backends; best of the passes")
     ap.add_argument("--threads", type=int, default=psutil.cpu_count(logical=False))
     ap.add_argument("--ort-config", nargs="*", default=[], help="ORT session config entries key=value")
+    ap.add_argument("--modes", default=",".join(fullsize_prepare.MODES),
+                    help="modes of the fp32 bundle (the decode and batching phases use Small)")
     ap.add_argument("--prepare-only", action="store_true")
     a = ap.parse_args()
     root = HERE.parent
@@ -233,7 +235,7 @@ def main() -> None:
     say(f"{platform.processor() or platform.machine()}, {psutil.cpu_count(logical=False)} physical cores, "
         f"{psutil.virtual_memory().total / GIB:.0f} GiB RAM, load {os.getloadavg()[0]:.1f}; workdir {workdir}")
     variants = tuple(int(b[3:]) for b in backends if b in ("int8", "int4"))
-    paths = fullsize_prepare.ensure_all(workdir, a.layers, variants)
+    paths = fullsize_prepare.ensure_all(workdir, a.layers, variants, tuple(a.modes.split(",")))
     if a.prepare_only:
         return
     say("memory bandwidth")

@@ -3,7 +3,8 @@
     ckpt/          the real architecture (official config) with the fixtures' rule weights, bf16
                    safetensors in 1 GiB shards (loaded to fp32: peak = fp32 model + one shard), and
                    the demo byte-level tokenizer at the real vocabulary size
-    bundle-fp32/   `build_bundle` for modes tiny, small, base, gundam
+    bundle-fp32/   the shipped command, `dsocr-export build --checkpoint ckpt --mode ... --no-engines`,
+                   run under a peak-RSS measurement (its seconds and peak RSS go into the marker)
     bundle-int8/   the shipped int8-weight / int4-weight variants (calibration.variants.build_variant,
     bundle-int4/   as `dsocr-export build --precision`): MatMulNBits (block 32, symmetric, accuracy_level 4)
                    except the MoE routers (fp32), lm_head 8-bit, decode-step experts on QMoE, vision
@@ -96,11 +97,30 @@ def make_checkpoint(out: Path, layers: int | None) -> None:
     build_demo_tokenizer(int(config["vocab_size"])).save(str(out / "tokenizer.json"))
 
 
-def make_bundle(ckpt: Path, out: Path) -> None:
-    from dsocr.export.bundle import BuildOptions, build_bundle
+def export_command(ckpt: Path, out: Path, modes: tuple[str, ...]) -> list[str]:
+    """The shipped export command for the fp32 bundle (what a user runs)."""
+    exe = Path(sys.executable).with_name("dsocr-export")
+    cmd = [str(exe), "build", "--checkpoint", str(ckpt), "--out", str(out), "--max-seq-len", str(MAX_SEQ_LEN),
+           "--no-engines", "--force"]
+    for m in modes:
+        cmd += ["--mode", m]
+    return cmd
 
-    build_bundle(ckpt, out, BuildOptions(modes=MODES, max_seq_len=MAX_SEQ_LEN, overwrite=True, progress=True),
-                 source="bench rule-weight checkpoint (real sizes)")
+
+def run_measured(cmd: list[str]) -> dict:
+    """Run `cmd` as the only child of a fresh interpreter and return its seconds and peak RSS
+    (getrusage of the children: the kernel's high-water mark of the command's own process)."""
+    probe = ("import json, resource, subprocess, sys, time; t = time.time(); "
+             "rc = subprocess.run(sys.argv[1:]).returncode; "
+             "print('MEASURED ' + json.dumps({'rc': rc, 'seconds': time.time() - t, "
+             "'peak_rss_bytes': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}), flush=True)")
+    proc = subprocess.run([sys.executable, "-c", probe, *cmd], stdout=subprocess.PIPE, text=True)
+    lines = proc.stdout.splitlines()
+    print("\n".join(ln for ln in lines if not ln.startswith("MEASURED ")), flush=True)
+    got = json.loads(next(ln for ln in reversed(lines) if ln.startswith("MEASURED "))[9:])
+    if got["rc"] != 0:
+        raise SystemExit(f"{' '.join(cmd)} exited {got['rc']}")
+    return got
 
 
 def make_variant(fp32: Path, out: Path, bits: int) -> None:
@@ -129,7 +149,8 @@ def run_step(argv: list[str]) -> None:
     print(f"  step {argv[0]} done in {time.time() - t:.0f} s", flush=True)
 
 
-def ensure_all(workdir: Path, layers: int | None, variants: tuple[int, ...]) -> dict[str, Path]:
+def ensure_all(workdir: Path, layers: int | None, variants: tuple[int, ...],
+               modes: tuple[str, ...] = MODES) -> dict[str, Path]:
     """Build what is missing; -> {"ckpt": dir, "fp32": bundle, "int8": bundle, ...}."""
     paths = {"ckpt": workdir / "ckpt", "fp32": workdir / "bundle-fp32"}
     paths.update({f"int{b}": workdir / f"bundle-int{b}" for b in variants})
@@ -140,8 +161,11 @@ def ensure_all(workdir: Path, layers: int | None, variants: tuple[int, ...]) -> 
         print(f"[prepare] rule-weight checkpoint -> {paths['ckpt']}", flush=True)
         run_step(["checkpoint", str(paths["ckpt"])] + (["--layers", str(layers)] if layers else []))
     if not _done(paths["fp32"]):
-        print(f"[prepare] fp32 bundle (modes {', '.join(MODES)}) -> {paths['fp32']}", flush=True)
-        run_step(["bundle", str(paths["ckpt"]), str(paths["fp32"])])
+        cmd = export_command(paths["ckpt"], paths["fp32"], modes)
+        print(f"[prepare] fp32 bundle: {' '.join(cmd)}", flush=True)
+        got = run_measured(cmd)
+        print(f"  export: {got['seconds']:.0f} s, peak RSS {got['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
+        _mark(paths["fp32"], {**got, "command": ["dsocr-export", *cmd[1:]], "modes": list(modes)})
     for b in variants:
         p = paths[f"int{b}"]
         if _done(p) and json.loads((p / DONE).read_text()).get("shipped") is not True:
@@ -154,7 +178,7 @@ def ensure_all(workdir: Path, layers: int | None, variants: tuple[int, ...]) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("checkpoint", "bundle", "variant"))
+    ap.add_argument("step", choices=("checkpoint", "variant"))
     ap.add_argument("paths", nargs="+", type=Path)
     ap.add_argument("--layers", type=int)
     ap.add_argument("--bits", type=int, choices=(4, 8))
@@ -163,9 +187,6 @@ def main() -> None:
     if a.step == "checkpoint":
         make_checkpoint(a.paths[0], a.layers)
         _mark(a.paths[0], {"seconds": time.time() - t})
-    elif a.step == "bundle":
-        make_bundle(a.paths[0], a.paths[1])
-        _mark(a.paths[1], {"seconds": time.time() - t})
     else:
         make_variant(a.paths[0], a.paths[1], a.bits)
         _mark(a.paths[1], {"seconds": time.time() - t, "shipped": True})

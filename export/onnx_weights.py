@@ -93,7 +93,7 @@ def attach_weights(proto: onnx.ModelProto, params: Mapping[str, torch.Tensor], r
             pad = (-f.tell()) % ALIGN
             f.write(b"\0" * pad)
             offset = f.tell()
-            f.write(arr.tobytes())
+            f.write(arr.data)  # the array's own buffer: no second copy (tobytes() would make one)
             t = onnx.TensorProto()
             t.name, t.data_type = k, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
             t.dims.extend(arr.shape)
