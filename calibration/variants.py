@@ -297,6 +297,19 @@ def _working_dir(path: Path):
         os.chdir(old)
 
 
+def packed_weights(graph, gather: bool) -> set[str]:
+    """The initializers weight_only() packs (read lazily by the quantizer): MatMul weights other than
+    the router gates (the lm_head is packed, 8-bit), and with `gather` the Gather tables. Everything
+    else (Conv kernels, norms, biases, tables) is no quantizer's input and must be loaded inline."""
+    ops = {n.name: n.op_type for n in graph.node}
+    out = {w for node, w in weighted_nodes(graph).items()
+           if ops[node] == "MatMul" and (not always_fp32(w) or "lm_head" in w)}
+    if gather:
+        inits = {t.name for t in graph.initializer}
+        out |= {n.input[0] for n in graph.node if n.op_type == "Gather" and n.input[0] in inits}
+    return out
+
+
 def weight_only_file(src: Path, bits: int, block_size: int, gather: bool, qmoe: bool = False) -> onnx.ModelProto:
     """weight_only() of the graph at `src` without ever holding its fp32 weights: the MatMul weights to
     pack stay external and MatMulNBitsQuantizer (onnx_ir) reads them one at a time, resolving their
@@ -306,7 +319,7 @@ def weight_only_file(src: Path, bits: int, block_size: int, gather: bool, qmoe: 
     model = load_structure(src)
     if qmoe:
         lower_to_qmoe(model, bits, block_size, src.parent)
-    lazy = {w for w in weighted_nodes(model.graph).values() if not always_fp32(w) or "lm_head" in w}
+    lazy = packed_weights(model.graph, gather)
     for t in model.graph.initializer:
         if t.name not in lazy and uses_external_data(t):
             load_external_data_for_tensor(t, str(src.parent))

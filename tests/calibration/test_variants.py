@@ -113,24 +113,28 @@ def test_options_and_targets_are_validated(demo_bundle, variants, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
-def testweight_only_file_equals_the_in_memory_path(demo_bundle, tmp_path):
-    """Graphs with external weights are packed without loading the fp32 MatMul weights; same result."""
+@pytest.mark.parametrize("graph,bits,gather", [("decoder", 4, False), ("vision_640", 8, False), ("embed", 4, True)])
+def test_weight_only_file_equals_the_in_memory_path(demo_bundle, tmp_path, graph, bits, gather):
+    """Graphs with external weights (full size: all of them) are packed without loading the fp32
+    MatMul weights; same result as the in-memory path. Vision: its Conv weights are no MatMul's and
+    must come inline; embed: the Gather table is packed from external data."""
     import numpy as np
     from onnx import numpy_helper
 
     from dsocr.calibration.precision import load_with_shapes, weight_only
     from dsocr.calibration.variants import weight_only_file
 
-    src = tmp_path / "decoder.onnx"
-    onnx.save_model(onnx.load(str(demo_bundle / "decoder.onnx")), str(src), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="decoder.onnx.data", size_threshold=0)
-    lean = weight_only_file(src, 4, 32, gather=False)
-    full = weight_only(load_with_shapes(demo_bundle / "decoder.onnx"), 4, 32)
+    src = tmp_path / f"{graph}.onnx"
+    onnx.save_model(onnx.load(str(demo_bundle / f"{graph}.onnx")), str(src), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=f"{graph}.onnx.data", size_threshold=0)
+    lean = weight_only_file(src, bits, 32, gather=gather)
+    full = weight_only(load_with_shapes(demo_bundle / f"{graph}.onnx"), bits, 32, gather=gather)
     assert [n.op_type for n in lean.graph.node] == [n.op_type for n in full.graph.node]
     a = {t.name: numpy_helper.to_array(t) for t in lean.graph.initializer}
     b = {t.name: numpy_helper.to_array(t) for t in full.graph.initializer}
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    assert any(n.op_type == "MatMulNBits" for n in lean.graph.node)
+    packed = "GatherBlockQuantized" if gather else "MatMulNBits"
+    assert any(n.op_type == packed for n in lean.graph.node)
 
 
 def test_weight_only_step_graphs_run_routed_experts_on_qmoe(variants, demo_bundle):
