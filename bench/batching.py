@@ -94,47 +94,67 @@ def kv_bounds(pipe, prompt, quick: bool) -> list[dict]:
     return rows
 
 
-def decode(pipe, prompt, batches, steps: int, rounds: int) -> dict:
+def decode(pipe, prompt, batches, steps: int, rounds: int, max_seq: int = MAX_SEQ, prefill_all: bool = True,
+           on_batch=None) -> dict:
+    """Aggregate decode tokens/s per batch size, rounds interleaved (every round visits every batch
+    size), median per batch. Each round makes its runner anew (only one batch's KV is resident).
+    prefill_all=False prefills slot 0 only and gives the other slots its length (their positions
+    hold zeros: same cost per pass, any values), for models whose prefill is slow. on_batch(b, runner)
+    is called after each batch's timed passes (e.g. to sample the RSS)."""
     from dsocr.runtime.runner import BundleRunner
 
-    runners = {b: BundleRunner(pipe.backend, MAX_SEQ, slots=b) for b in batches}
     rates = {b: [] for b in batches}
     for _ in range(rounds):
-        for b, r in runners.items():  # interleaved: every round visits every batch size
-            tokens = [int(np.argmax(r.prefill_slot(s, prompt))) for s in range(b)]
-            r.step_slots(range(b), tokens)  # warm-up pass
+        for b in batches:
+            r = BundleRunner(pipe.backend, max_seq, slots=b)
+            first = int(np.argmax(r.prefill_slot(0, prompt)))
+            for s in range(1, b):
+                if prefill_all:
+                    r.prefill_slot(s, prompt)
+                else:
+                    r.cache.lengths[s] = r.cache.lengths[0]
+            tokens = [first] * b
+            tokens = np.argmax(r.step_slots(range(b), tokens), axis=-1).tolist()  # warm-up pass
             t0 = time.perf_counter()
             for _ in range(steps):
                 tokens = np.argmax(r.step_slots(range(b), tokens), axis=-1).tolist()
             rates[b].append(b * steps / (time.perf_counter() - t0))
+            if on_batch:
+                on_batch(b, r)
+            del r
     out = {str(b): statistics.median(v) for b, v in rates.items()}
     for b in batches:
         print(f"  decode batch {b:>2}: {out[str(b)]:8.1f} tok/s", flush=True)
     return out
 
 
-def job16(pipe, n_pages: int, max_new: int) -> dict:
+def job16(pipe, n_pages: int, max_new: int, imgs=None, max_batch: int | None = None) -> dict:
+    """`n_pages` pages through BatchEngine(max_batch) against the same pages one after another with
+    Pipeline.generate (today's `dsocr run`); the ids of every page must be equal."""
     from dsocr.runtime.decoding import GenerationOptions
     from dsocr.runtime.engine import BatchEngine
     from dsocr.runtime.pipeline import RunOptions
 
-    imgs = pages(n_pages)
+    imgs = imgs if imgs is not None else pages(n_pages)
+    max_batch = max_batch or n_pages
     opts = RunOptions(generation=GenerationOptions(max_new_tokens=max_new))
     pipe.generate(imgs[0], opts)  # warm-up
     t0 = time.perf_counter()
     seq = [pipe.generate(im, opts)[1].ids for im in imgs]
     t_seq = time.perf_counter() - t0
-    engine = BatchEngine(pipe, max_batch=n_pages)
+    engine = BatchEngine(pipe, max_batch=max_batch)
     t0 = time.perf_counter()
     futures = [engine.submit(im, opts) for im in imgs]
     engine.run_until_idle()
     t_batch = time.perf_counter() - t0
     ids = [f.result()[1].ids for f in futures]
     tokens = sum(len(i) for i in seq)
-    print(f"  {n_pages}-page job: sequential {t_seq:.1f} s, batched {t_batch:.1f} s "
-          f"({t_seq / t_batch:.2f}x), same ids: {ids == seq}", flush=True)
-    return {"pages": n_pages, "max_new_tokens": max_new, "tokens": tokens, "sequential_s": t_seq,
-            "batched_s": t_batch, "job16_vs_sequential": t_seq / t_batch, "same_ids": ids == seq}
+    print(f"  {n_pages}-page job: sequential {t_seq:.1f} s, batched ({max_batch} slots) {t_batch:.1f} s "
+          f"({t_seq / t_batch:.2f}x), {tokens} tokens, same ids: {ids == seq}", flush=True)
+    return {"pages": n_pages, "max_batch": max_batch, "max_new_tokens": max_new, "tokens": tokens,
+            "sequential_s": t_seq, "batched_s": t_batch, "job16_vs_sequential": t_seq / t_batch,
+            "pages_per_hour_sequential": 3600 * n_pages / t_seq, "pages_per_hour_batched": 3600 * n_pages / t_batch,
+            "same_ids": ids == seq}
 
 
 def main() -> int:

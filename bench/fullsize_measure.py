@@ -11,6 +11,12 @@ On the shipped portrait sample page (794x1123 -> Gundam 2x3 = 6 tiles):
             phase), and one Small page end to end (preprocess, encoder, embed, prefill, 256 greedy
             steps with no stopping) whose steps give the decode tokens/s. ORT: decoder, embed and
             the 640 vision graph only.
+  batching  aggregate decode tokens/s at --slots (bench/batching.decode: one pass advances every
+            slot; rounds interleaved over the slot counts), the KV bytes per slot and the RSS after
+            each slot count (ORT only).
+  job       --pages pages of the calibration page generator (Small), --max-new tokens each:
+            BatchEngine(--slots' largest) against the pages one after another (Pipeline.generate,
+            today's `dsocr run`); ids must be equal (bench/batching.job16; ORT only).
 Both backends run the same runtime code (a Pipeline composed over the Backend interface); eager is dsocr's
 PyTorch model (fp32, torch.inference_mode, the same threads), loaded whole in both phases.
 
@@ -23,11 +29,15 @@ import contextlib
 import json
 import os
 import resource
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import batching  # noqa: E402
 
 from dsocr.runtime.manifest import read_manifest
 from dsocr.runtime.modes import get_mode
@@ -75,8 +85,10 @@ def open_backend(a) -> tuple[object, float]:
     else:
         backend = _ort_backend(a)
         graphs = backend.manifest.graphs
-        if a.phase == "decode":
+        if a.phase in ("decode", "job"):
             files = [graphs["embed"].file, backend.manifest.vision_graph(get_mode("small").base_size).file]
+        elif a.phase == "batching":
+            files = [graphs["embed"].file]
         else:
             files = [g.file for g in graphs.values() if g.role == "vision"]
         for f in files:  # create the sessions now (not inside a timing)
@@ -112,7 +124,7 @@ class Bench:
     def encoders(self, page) -> tuple[dict, dict]:
         """-> (latency per mode, image embeddings [N, D] of the prefill modes)."""
         lat, embeds = {}, {}
-        for name in ENCODER_MODES:
+        for name in [m for m in ENCODER_MODES if m in self.manifest.modes]:
             mode = get_mode(name)
             views = preprocess(page, mode)
             lat[name], emb = self.best(lambda: self.encode(views, mode))
@@ -170,14 +182,30 @@ def run(a) -> dict:
     out = {"backend": a.backend, "phase": a.phase, "bundle": str(a.bundle), "threads": a.threads,
            "precision": manifest.precision if a.backend == "ort" else "fp32-eager", "ort_config": a.ort_config,
            "load_s": load_s, "rss_after_load_bytes": rss_loaded}
-    if a.phase == "encoders":
-        for s in sorted({s for m in ENCODER_MODES for s in get_mode(m).vision_sizes}):  # warm-up, batch 1
+    if a.phase == "batching":
+        prompt = bench.prompt(np.load(a.embeds)["small"])
+        slots = [int(x) for x in a.slots.split(",")]
+        rss_after = {}
+        rates = batching.decode(bench.pipe, prompt, slots, a.steps, a.rounds, manifest.kv.max_seq_len,
+                                prefill_all=False, on_batch=lambda b, r: rss_after.setdefault(str(b), rss_bytes()))
+        from dsocr.runtime.engine import kv_bytes_per_slot
+
+        out.update(decode_tok_s=rates, slots=slots, steps=a.steps, rounds=a.rounds, prompt_tokens=len(prompt),
+                   kv_bytes_per_slot=kv_bytes_per_slot(manifest), kv_capacity=manifest.kv.max_seq_len,
+                   rss_after_bytes=rss_after)
+    elif a.phase == "job":
+        from dsocr.calibration.pages import synthetic_pages
+
+        imgs = synthetic_pages(a.pages)
+        out["job"] = batching.job16(bench.pipe, a.pages, a.max_new, imgs, max(int(x) for x in a.slots.split(",")))
+    elif a.phase == "encoders":
+        for s in sorted({s for m in ENCODER_MODES if m in manifest.modes for s in get_mode(m).vision_sizes}):
             backend.vision(np.zeros((1, 3, s, s), np.float32))
         out["encoder_s"], embeds = bench.encoders(page)
         np.savez(a.out.with_suffix(".embeds.npz"), **embeds)
     else:
         embeds = np.load(a.embeds)
-        prompts = {m: bench.prompt(embeds[m]) for m in PREFILL_MODES}
+        prompts = {m: bench.prompt(embeds[m]) for m in PREFILL_MODES if m in embeds}
         out["prefill_s"], logits = bench.prefills(prompts)
         np.save(a.out.with_suffix(".logits.npy"), logits)
         side = get_mode("small").base_size
@@ -201,7 +229,7 @@ def run(a) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--phase", choices=("encoders", "decode"), required=True)
+    ap.add_argument("--phase", choices=("encoders", "decode", "batching", "job"), required=True)
     ap.add_argument("--backend", choices=("eager", "ort"), required=True)
     ap.add_argument("--embeds", type=Path, help="decode phase: the encoders phase's <out>.embeds.npz")
     ap.add_argument("--bundle", type=Path, required=True, help="eager: the fp32 bundle (prompt ids, layout)")
@@ -212,6 +240,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--max-seq-len", type=int, default=2048)
     ap.add_argument("--ort-config", nargs="*", default=[], help="session config entries key=value")
+    ap.add_argument("--slots", default="1,4,8,16", help="batching: slot counts; job: its largest is the engine's")
+    ap.add_argument("--steps", type=int, default=32, help="batching: timed passes per slot count and round")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--pages", type=int, default=16)
+    ap.add_argument("--max-new", type=int, default=128)
     a = ap.parse_args()
     ctx = contextlib.nullcontext()
     if a.backend == "eager":
