@@ -97,8 +97,13 @@ def profile_decoder(bundle: Path, steps: int, prompt: int, threads: int | None) 
     files = {name: s.end_profiling() for name, s in backend.sessions.items()}
     runs, kernels = load_events(files[manifest.graphs["decoder"].file])
     per_run = split_by_run(runs, kernels)
-    out = {"prefill": summarize(runs[:1], per_run[:1], f"prefill T={prompt}"),
-           "step": summarize(runs[2:], per_run[2:], "decode step (after 2 warm-up steps)")}
+    out = {"prefill": summarize(runs[:1], per_run[:1], f"prefill T={prompt}")}
+    step_key = "decoder_step" if backend.step_graph else "decoder"  # the graph one-token passes ran on
+    skip = 1 if step_key == "decoder" else 0  # the prefill graph's first run was the prefill
+    runs, kernels = load_events(files[manifest.graphs[step_key].file])
+    per_run = split_by_run(runs, kernels)
+    out["step"] = summarize(runs[skip + 2:], per_run[skip + 2:], f"decode step on {step_key} (after 2 warm-up steps)")
+    out["step"]["graph"] = step_key
     wall = float(np.mean(walls[2:])) * 1e3
     erun, _ = load_events(files[manifest.graphs["embed"].file])
     embed_ms = float(np.mean([r["dur"] for r in erun[1:]])) / 1e3

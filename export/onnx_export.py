@@ -80,6 +80,14 @@ class _WeightsAsInputs(nn.Module):
         object.__setattr__(self, "inner", module)  # not a submodule: its weights are no state of this one
         self.names = names
 
+    def named_modules(self, memo=None, prefix: str = "", remove_duplicate: bool = True):
+        """The wrapped module's tree, so that the exporter's scope names (hence node names: the
+        calibration groups and the QMoE scopes key on them) are those of tracing `inner` itself."""
+        yield prefix, self
+        for name, m in self.inner.named_modules(memo, prefix, remove_duplicate):
+            if m is not self.inner:
+                yield name, m
+
     def forward(self, *args):
         n = len(args) - len(self.names)
         return self.inner(*args[:n])  # args[n:] are the very tensors self.inner reads
