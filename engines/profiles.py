@@ -14,10 +14,12 @@ symbolic dim no rule covers is refused (InputError), so a new layout fails here,
   typical prompt.
 * decoder (the prefill graph; also decodes when the bundle has no decoder_step graph): two profiles
   by default, tried in order by the backend:
-    0 decode:  B = 1..N slots (opt N), T = 1, past PAST_PAD..PAST_PAD+S-1, opt at a typical context;
+    0 decode:  B = 1..N slots (opt N), T = 1, past PAST_PAD..PAST_PAD+S, opt at a typical context
+               (PAST_PAD+S: a pass over several slots binds their whole cache regions, the "full"
+               bound of runtime/backends/trt.py; one slot binds its prefix, at most PAST_PAD+S-1);
     1 prefill: B = 1, T = 1..C (C = prefill_chunk, default max_prompt), past PAST_PAD..PAST_PAD+S-1,
                opt at a typical prompt (or C): a longer prompt is prefilled in chunks of C.
-  With decoder_profiles=1 one profile covers both (B = 1..N, T = 1..C, opt at T = 1).
+  With decoder_profiles=1 one profile covers both (B = 1..N, T = 1..C, past up to PAST_PAD+S, opt at T = 1).
 * decoder_step (the decode-step graph, MoE "gather"): one profile "decode" as above; its cost grows
   with B*T (every token gathers its experts), so it is never used for prefill.
 
@@ -138,17 +140,18 @@ def graph_profiles(manifest: Manifest, key: str, options: ProfileOptions = Profi
         return [_profile("embed", spec, {"batch": slots, "seq": DimRange(1, prompt_opt, s)})]
     if spec.role not in ("decoder", "decoder_step"):
         raise InputError(f"graph {key!r} has unknown role {spec.role!r}")
-    past_max = PAST_PAD + s - 1  # at least one new token remains in the cache
-    ctx_opt = min(PAST_PAD + prompt_opt + GENERATED // 2, past_max)
+    prefix_max = PAST_PAD + s - 1  # one slot's prefix: at least one new token remains in the cache
+    full = PAST_PAD + s  # several slots: their whole regions, T = 1 (total PAST_PAD + S + 1)
+    ctx_opt = min(PAST_PAD + prompt_opt + GENERATED // 2, prefix_max)
 
-    def decoder(name: str, batch: DimRange, seq: DimRange, past_opt: int) -> Profile:
+    def decoder(name: str, batch: DimRange, seq: DimRange, past_opt: int, past_max: int) -> Profile:
         past = DimRange(PAST_PAD, past_opt, past_max)
-        total = DimRange(past.min + seq.min, past.opt + seq.opt, PAST_PAD + s)
+        total = DimRange(past.min + seq.min, past.opt + seq.opt, max(PAST_PAD + s, past_max + 1))
         return _profile(name, spec, {"batch": batch, "seq": seq, "past": past, "total": total})
 
-    decode = decoder("decode", slots, one, ctx_opt)
+    decode = decoder("decode", slots, one, ctx_opt, full)
     if spec.role == "decoder_step":
         return [decode]
     if options.decoder_profiles == 1:
-        return [decoder("decoder", slots, DimRange(1, 1, chunk), ctx_opt)]
-    return [decode, decoder("prefill", one, DimRange(1, prompt_opt, chunk), PAST_PAD)]
+        return [decoder("decoder", slots, DimRange(1, 1, chunk), ctx_opt, full)]
+    return [decode, decoder("prefill", one, DimRange(1, prompt_opt, chunk), PAST_PAD, prefix_max)]

@@ -88,7 +88,7 @@ def clamp_threads(threads: int | None) -> int | None:
 @click.option("--batch", type=click.IntRange(1, 256), default=None,
               help="Pages decoded together (slots of one KV cache). Default: from the bundle's KV bytes per "
                    "slot and the available memory (see `dsocr info`); 1 with --stream or --backend tensorrt "
-                   "(whose batch-1 decoder profiles run the slots one pass each).")
+                   "(engines built with --slots N decode up to N slots in one pass).")
 @click.option("--stream", is_flag=True, help="Print the model's text as it is generated (one page at a time).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @library_errors

@@ -14,7 +14,10 @@ past_* inputs are bound to and where its present_* outputs [n, T, H, hd] go, the
   pass reads ~the longest slot, not S_max, and copies nothing per step;
 - several slots, "full": past = the contiguous rows [b0:b1] over the whole capacity (P = S_max,
   no copy, but attention and the graph's Concat read S_max);
-- several slots, "gather": past = a fresh copy of rows `slots` over [:P], P = the longest slot.
+- several slots, "gather": past = a fresh copy of rows `slots` over [:P], P = the longest slot;
+- several slots, "device": the backend keeps the entries itself (the TensorRT backend's device
+  cache): P = the longest slot (what the mask spans), no host past, no staging; `commit()` only
+  advances the lengths (past()/present() refuse).
 The mask hides each slot's positions >= len_b. With several slots the present output is a small
 staging buffer scattered to [b, len_b:len_b+T] per slot (and into the window) in `commit()`.
 bench/batching.py measures the bounds (kv_bounds).
@@ -29,7 +32,7 @@ import numpy as np
 
 from .errors import CacheOverflowError, InputError
 
-POLICIES = ("auto", "window", "full", "gather")  # auto: window
+POLICIES = ("auto", "window", "full", "gather", "device")  # auto: window; device: the backend holds the entries
 WINDOW_BUCKET = 64  # positions the window grows by
 
 
@@ -110,12 +113,14 @@ class KVCache:
             )
 
     def choose_bound(self, slots: Sequence[int]) -> str:
-        """"prefix" (one slot), else the policy's bound ("window" for auto; "full" needs the
-        slots to be consecutive rows, else it gathers)."""
+        """"prefix" (one slot), else the policy's bound ("window" for auto; "device" as is; "full"
+        needs the slots to be consecutive rows, else it gathers)."""
         if len(slots) == 1:
             return "prefix"
         if self.policy in ("auto", "window"):
             return "window"
+        if self.policy == "device":
+            return "device"
         contiguous = list(slots) == list(range(slots[0], slots[0] + len(slots)))
         return "full" if self.policy == "full" and contiguous else "gather"
 
@@ -153,11 +158,11 @@ class KVStep:
             self.past_len, self._win = cache.window(slots, int(self.starts.max()) + new_tokens)
         elif bound == "full":
             self.past_len = cache.max_seq_len
-        else:
+        else:  # gather, device
             self.past_len = int(self.starts.max())
         n, t = len(slots), new_tokens
         shape = (n, t) + cache.key[0].shape[2:]
-        self._staging = None if bound == "prefix" else [
+        self._staging = None if bound in ("prefix", "device") else [
             (np.empty(shape, cache.key[0].dtype), np.empty(shape, cache.key[0].dtype)) for _ in cache.key]
 
     @property
@@ -171,6 +176,7 @@ class KVStep:
     def past(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
         """Contiguous arrays [n, P, H, hd] for the graph's past_key / past_value inputs."""
         k, v, s = self.cache.key[layer], self.cache.value[layer], self.slots
+        self._host_bound()
         if self.bound == "prefix":
             return k[s[0]:s[0] + 1, : self.past_len], v[s[0]:s[0] + 1, : self.past_len]
         if self.bound == "window":
@@ -182,11 +188,17 @@ class KVStep:
 
     def present(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
         """Contiguous arrays [n, T, H, hd] the graph's present_key / present_value outputs fill."""
+        self._host_bound()
         if self._staging is None:
             b, a = self.slots[0], int(self.starts[0])
             z = a + self.new_tokens
             return self.cache.key[layer][b:b + 1, a:z], self.cache.value[layer][b:b + 1, a:z]
         return self._staging[layer]
+
+    def _host_bound(self) -> None:
+        if self.bound == "device":
+            raise InputError("this pass's K/V entries live in the backend (KV policy 'device'): it has no host past "
+                             "or present")
 
     def commit(self) -> None:
         """Scatter staged entries to [b, len_b:len_b+T] and advance every slot's length by T."""
@@ -201,6 +213,6 @@ class KVStep:
                     wk, wv = self._win[i]
                     wk[np.arange(len(self.slots))[:, None], cols] = sk
                     wv[np.arange(len(self.slots))[:, None], cols] = sv
-        elif self.cache._window is not None and self.slots[0] in self.cache._window[0]:
+        elif self.cache._window is not None and set(self.slots) & set(self.cache._window[0]):
             self.cache._window = None  # a slot of the window was written around it
         self.cache.lengths[self.slots] += t

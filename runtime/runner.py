@@ -24,7 +24,10 @@ from .rope import rope_tables, slot_mask
 
 class BundleRunner:
     def __init__(self, backend: Backend, max_seq_len: int | None = None, slots: int = 1, policy: str = "auto"):
+        """policy: how a pass over several slots binds the host cache (kv_cache.POLICIES); a backend that
+        keeps the entries itself (kv_policy "device": TensorRT) gets its own, whatever the policy."""
         m = backend.manifest
+        policy = getattr(backend, "kv_policy", None) or policy  # duck-typed backends may lack it
         self.backend = backend
         self.theta = m.rope_theta
         self.head_dim = m.kv.head_dim

@@ -17,6 +17,9 @@ from ..manifest import Manifest
 
 class Backend(ABC):
     name = "base"
+    # "device": the backend keeps the KV entries itself and the host cache only counts (kv_cache.KVStep);
+    # None: the runner's policy binds host arrays
+    kv_policy: str | None = None
 
     def __init__(self, bundle_dir: str | Path, manifest: Manifest):
         self.bundle_dir = Path(bundle_dir)

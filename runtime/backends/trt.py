@@ -1,20 +1,40 @@
 """TensorRT backend: the plans of `<bundle>/engines/` (engines.json), run with execute_async_v3.
 
-Letters: B slots, T new tokens, P cached tokens, S max_seq_len, H heads, hd head dim.
+Letters: B slots, n slots in a pass, T new tokens, P cached tokens, S max_seq_len, H heads, hd head dim.
 Residency: every engine I/O lives in device buffers (polygraphy.cuda DeviceArray); numpy arrays are
 copied in and results copied out on one CUDA stream.
 
 The KV cache lives on the device: per layer one key and one value buffer [B, PAST_PAD + S, H, hd]
-for the host cache's B slots, allocated once. Each slot's region starts with a dummy entry (zeros)
-that the attention mask always hides: a pass over slot b (one slot per pass: the decoder profiles
-are batch 1, so BundleRunner splits a pass over n slots into n) binds past_* to the region's base
-with shape [1, PAST_PAD + P, H, hd] (so the past is never empty, see engines/profiles.py), and
-present_* outputs to base + (PAST_PAD + P) rows, where the decoder
-writes the T new entries in place (pointer arithmetic on the preallocated buffer; the same design as
-the ORT backend's IOBinding). The host KVCache handed to decode() then only keeps the bookkeeping
-(its length); its arrays are not written. A cache that arrives holding entries (length > 0) that
-this backend did not write is uploaded once; handing the backend another cache first copies the
-previous cache's entries back into its host arrays, so sequences may alternate (at a copy's cost).
+for the host cache's B slots, allocated once and zeroed. Each slot's region starts with a dummy entry
+that the attention mask always hides, so the bound past is never empty (see engines/profiles.py).
+The host KVCache handed to decode() only keeps the bookkeeping (lengths; kv_policy "device": its
+KVStep has no host past or staging); its arrays are not written. A cache that arrives holding
+entries (length > 0) that this backend did not write is uploaded once; handing the backend another
+cache first copies the previous cache's entries back into its host arrays, so sequences may
+alternate (at a copy's cost).
+
+A pass binds past_* / present_* by pointer arithmetic on those buffers (as the ORT backend's IOBinding):
+- one slot (every prefill, and batch 1): past_* = the prefix of the slot's region,
+  [1, PAST_PAD + P, H, hd]; present_* = base + (PAST_PAD + P) rows, written in place (no copy).
+- n > 1 slots, T = 1 (the decode profile admits B = 1..N, max_decode_batch): ONE execution over the
+  consecutive regions lo..hi of the slots, past_* [hi - lo + 1, PAST_PAD + S, H, hd] at region lo
+  (the "full" bound: the only dense binding that spans several regions; a region between two slots
+  of the pass that takes no part gets a padding row: zero inputs, a mask that shows it only its new
+  token; its outputs are dropped). The mask puts -inf (finfo.min) on the dummy column and on every
+  column a slot has not written, so stale or zeroed rows get weight exactly 0. present_* go to a
+  staging buffer [hi - lo + 1, 1, H, hd] per layer, and each slot's row is copied device-to-device
+  on the stream to base + (PAST_PAD + len_b) rows. Slots spread over more than N regions go in
+  groups of at most N regions (one execution each); a shape no profile admits (engines built before
+  the decode profile reached PAST_PAD + S) falls back to one pass per slot.
+Trade-off (nothing here was measured; no GPU in CI): the full bound copies no past and needs no
+second buffer, but its attention reads all S positions of every bound region, where gathering the
+slots' prefixes into a staging past [n, PAST_PAD + max len_b, H, hd] would read only the longest
+slot but copy n * P rows per layer each step (or keep a window in step, as kv_cache does on the
+host) and hold a second copy of the cache. Both write new entries through staging: the scatter is
+2 * layers * n row copies per step. The full bound is the simpler correct one; its attention cost
+grows with S, so a runner sized to the pages (max_seq_len) keeps it small. Batch 1 stays on the
+prefix binding: it is the same pass with B = 1 and P = the slot's length, and it reads P rather than
+S positions and writes present in place (no scatter), less work by construction.
 TensorRT wants 256-byte aligned tensor addresses: a cache row (H * hd * itemsize) must be a multiple
 of 256 bytes (DeepSeek-OCR: 10 * 128 * 4 = 5120).
 """
@@ -150,6 +170,16 @@ class _Engine:
                 raise InputError(f"{self.path.name}: TensorRT refused shape {tuple(shape)} for {name}")
         return ctx
 
+    def most_rows(self, shapes: dict[str, tuple]) -> int:
+        """The largest batch (leading dim) one profile admits for `shapes` with their other dims (0: none)."""
+        best = 0
+        for p in self.profiles:
+            named = [n for n in shapes if n in p]
+            b = min((p[n][2][0] for n in named), default=0)
+            if b >= 1 and all(_fits((b,) + tuple(shapes[n][1:]), p[n]) for n in named):
+                best = max(best, b)
+        return best
+
     def run(self, ctx, addresses: dict[str, int]) -> None:
         for name, ptr in addresses.items():
             ctx.set_tensor_address(name, int(ptr))
@@ -159,6 +189,7 @@ class _Engine:
 
 class TrtBackend(Backend):
     name = "tensorrt"
+    kv_policy = "device"  # the KV entries live in device buffers; the host cache only counts
 
     def __init__(self, bundle_dir: str | Path, manifest: Manifest, engines_dir: str | Path | None = None):
         super().__init__(bundle_dir, manifest)
@@ -183,7 +214,6 @@ class TrtBackend(Backend):
                        for key, e in self.record.plans.items()}
         self._buffers: dict[str, tuple] = {}  # key -> (DeviceArray, dtype)
         self._kv, self._kv_owner = None, None
-        self._logits: np.ndarray | None = None
 
     def _check_listed(self, engines_json: Path) -> None:
         """Engines inside the bundle: engines.json and every plan must be listed in manifest.files."""
@@ -273,19 +303,27 @@ class TrtBackend(Backend):
         if have[0] < cache.batch or have[1] < PAST_PAD + cache.max_seq_len:
             self._kv = None
             shape = (cache.batch, PAST_PAD + cache.max_seq_len, kv.num_heads, kv.head_dim)
-            zeros = np.zeros((PAST_PAD, kv.num_heads, kv.head_dim), dtype)  # masked, but never NaN garbage
             self._kv = tuple([self._cuda.DeviceArray(shape=shape, dtype=dtype) for _ in range(kv.num_layers)]
                              for _ in range(2))
-            copy, kind = self._cuda.wrapper().memcpy, self._cuda.MemcpyKind
-            for dev in self._kv[0] + self._kv[1]:
-                for b in range(cache.batch):
-                    copy(dev.ptr + b * shape[1] * row, zeros.ctypes.data, zeros.nbytes, kind.HostToDevice,
-                         self._stream.ptr)
-            self._stream.synchronize()
+            self._zero(self._kv[0] + self._kv[1], shape, dtype)
         if self._kv_owner is None:
             self._transfer(cache, dtype, row, to_device=True)  # entries written elsewhere: upload once
             self._kv_owner = cache
         return self._kv
+
+    def _zero(self, buffers: list, shape: tuple, dtype: np.dtype) -> None:
+        """Zero every slot region: a batched pass reads (masked) rows no slot wrote, never NaN garbage.
+        One region goes up from the host, the others are device-to-device copies of it."""
+        copy, kind = self._cuda.wrapper().memcpy, self._cuda.MemcpyKind
+        zeros = np.zeros(shape[1:], dtype)  # [PAST_PAD + S, H, hd]
+        first = buffers[0].ptr
+        copy(first, zeros.ctypes.data, zeros.nbytes, kind.HostToDevice, self._stream.ptr)
+        for dev in buffers:
+            for b in range(shape[0]):
+                at = dev.ptr + b * zeros.nbytes
+                if at != first:
+                    copy(at, first, zeros.nbytes, kind.DeviceToDevice, self._stream.ptr)
+        self._stream.synchronize()
 
     def _slot_base(self, dev, slot: int, row: int) -> int:
         """Device address of slot `slot`'s region (its dummy entry first) in a K or V buffer."""
@@ -306,33 +344,103 @@ class TrtBackend(Backend):
                     self._stream.synchronize()
                     host[b, :n] = part
 
+    # -- decoding --------------------------------------------------------------------------------
+    def _past_shapes(self, rows: int, t: int, past: int) -> dict[str, tuple]:
+        """Decoder input shapes of a pass over `rows` slot regions, T = t, past_* [rows, PAST_PAD + past, H, hd]."""
+        kv, d = self.manifest.kv, self.manifest.hidden_size
+        shapes = {"inputs_embeds": (rows, t, d), "cos": (rows, t, kv.head_dim), "sin": (rows, t, kv.head_dim),
+                  "attention_mask": (rows, 1, t, PAST_PAD + past + t)}
+        shapes.update({f"past_{w}.{i}": (rows, PAST_PAD + past, kv.num_heads, kv.head_dim)
+                       for i in range(kv.num_layers) for w in ("key", "value")})
+        return shapes
+
     @property
     def max_decode_batch(self) -> int | None:
-        return 1  # the decoder profiles are batch 1 (engines/profiles.py)
+        """The most slots the decode profile admits for a batched pass (1 for engines built batch 1, or
+        built before the decode profile reached PAST_PAD + S)."""
+        return max(1, self._plans["decoder"].most_rows(self._past_shapes(1, 1, self.manifest.kv.max_seq_len)))
 
     def _decode_impl(self, embeds, cos, sin, mask, step: KVStep) -> np.ndarray:
-        cache = step.cache
-        if embeds.shape[0] != 1:
-            raise InputError(f"the TensorRT backend decodes one slot per pass (got {embeds.shape[0]})")
-        start, slot = int(step.starts[0]), step.slots[0]
-        eng, kv = self._plans["decoder"], self.manifest.kv
-        keys, values = self._device_cache(cache)
-        pad = np.full(mask.shape[:-1] + (PAST_PAD,), NEG_INF, dtype=np.float32)
-        feeds = {"inputs_embeds": embeds, "cos": cos, "sin": sin, "attention_mask": np.concatenate([pad, mask], -1)}
+        keys, _ = self._device_cache(step.cache)
+        n, t = embeds.shape[0], embeds.shape[1]
+        if n == 1:
+            slot = step.slots[0]
+            return self._pass(slot, 1, [0], int(step.starts[0]), embeds, cos, sin, mask, step)
+        full = keys[0].shape[1] - PAST_PAD  # the capacity of every slot region
+        most = self._plans["decoder"].most_rows(self._past_shapes(1, t, full))
+        out = np.empty((n, self.manifest.vocab_size), np.float32)
+        for rows in _spans(step.slots, max(most, 1)):
+            slots = [step.slots[r] for r in rows]
+            lo, b = min(slots), max(slots) - min(slots) + 1
+            past = int(step.starts[rows[0]]) if b == 1 else full
+            out[rows] = self._pass(lo, b, rows, past, embeds, cos, sin, mask, step)
+        return out
+
+    def _pass(self, lo: int, b: int, rows: list[int], past: int, embeds, cos, sin, mask, step: KVStep) -> np.ndarray:
+        """ONE engine execution over the consecutive slot regions lo..lo+b-1 -> logits [len(rows), V] of the
+        pass rows `rows` (slot lo + at[r]; a region between them that takes no part gets a padding row).
+        past_* [b, PAST_PAD + past, H, hd] at region lo; present_*: b = 1 in place, else staging scattered."""
+        eng, kv, t = self._plans["decoder"], self.manifest.kv, embeds.shape[1]
+        at = np.asarray([step.slots[r] for r in rows]) - lo  # [m] region of each pass row
+        feeds = {"inputs_embeds": _spread(embeds[rows], at, b), "cos": _spread(cos[rows], at, b),
+                 "sin": _spread(sin[rows], at, b),
+                 "attention_mask": _device_mask(mask[rows], at, b, step.past_len, past)}
         feeds = {n: np.ascontiguousarray(a, dtype=eng.dtypes[n]) for n, a in feeds.items()}
-        past = (1, PAST_PAD + start, kv.num_heads, kv.head_dim)
-        shapes = {n: a.shape for n, a in feeds.items()}
-        shapes.update({f"past_{w}.{i}": past for i in range(kv.num_layers) for w in ("key", "value")})
-        ctx = eng.context(shapes)
+        ctx = eng.context(self._past_shapes(b, t, past))
         addr = {n: self._upload(f"decoder:{n}", a).ptr for n, a in feeds.items()}
-        row = kv.num_heads * kv.head_dim * eng.dtypes["present_key.0"].itemsize
+        dtype = eng.dtypes["present_key.0"]
+        row, starts = kv.num_heads * kv.head_dim * dtype.itemsize, step.starts[rows]
+        scatter = []  # (staging row address, slot region address of its first new entry)
         for i in range(kv.num_layers):
-            for w, dev in (("key", keys[i]), ("value", values[i])):
-                base = self._slot_base(dev, slot, row)
-                addr[f"past_{w}.{i}"] = base  # [1, PAST_PAD + start, H, hd]: the prefix of the slot's region
-                addr[f"present_{w}.{i}"] = base + (PAST_PAD + start) * row  # rows [PAST_PAD+start, PAST_PAD+stop)
-        logits = self._buffer("decoder:logits", (1, self.manifest.vocab_size), eng.dtypes["logits"])
+            for w, dev in zip(("key", "value"), (self._kv[0][i], self._kv[1][i])):
+                addr[f"past_{w}.{i}"] = self._slot_base(dev, lo, row)
+                if b == 1:  # rows [PAST_PAD + start, PAST_PAD + start + T) of the slot's region, in place
+                    addr[f"present_{w}.{i}"] = self._slot_base(dev, lo, row) + (PAST_PAD + int(starts[0])) * row
+                    continue
+                stage = self._buffer(f"decoder:present_{w}.{i}", (b, t, kv.num_heads, kv.head_dim), dtype)
+                addr[f"present_{w}.{i}"] = stage.ptr
+                scatter += [(stage.ptr + int(a) * t * row, self._slot_base(dev, lo + int(a), row)
+                             + (PAST_PAD + int(p)) * row) for a, p in zip(at, starts)]
+        logits = self._buffer("decoder:logits", (b, self.manifest.vocab_size), eng.dtypes["logits"])
         addr["logits"] = logits.ptr
         eng.run(ctx, addr)
-        self._logits = self._download(logits, (1, self.manifest.vocab_size), eng.dtypes["logits"])
-        return self._logits.astype(np.float32, copy=False)
+        copy, d2d = self._cuda.wrapper().memcpy, self._cuda.MemcpyKind.DeviceToDevice
+        for src, dst in scatter:  # on the stream, after the pass: slot r's T new rows at PAST_PAD + len_r
+            copy(dst, src, t * row, d2d, self._stream.ptr)
+        out = self._download(logits, (b, self.manifest.vocab_size), eng.dtypes["logits"])
+        return out[at].astype(np.float32, copy=False)
+
+
+def _spans(slots: list[int], most: int) -> list[list[int]]:
+    """Pass rows grouped by slot order so that each group's slots lie within `most` consecutive regions."""
+    groups: list[list[int]] = []
+    for r in sorted(range(len(slots)), key=lambda r: slots[r]):
+        if groups and slots[r] - slots[groups[-1][0]] < most:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    return groups
+
+
+def _spread(a: np.ndarray, at: np.ndarray, b: int) -> np.ndarray:
+    """a [m, ...] -> [b, ...] with row r at at[r] and zeros in the padding rows."""
+    if len(at) == b:
+        return a if (at == np.arange(b)).all() else a[np.argsort(at)]
+    out = np.zeros((b,) + a.shape[1:], a.dtype)
+    out[at] = a
+    return out
+
+
+def _device_mask(mask: np.ndarray, at: np.ndarray, b: int, past_len: int, past: int) -> np.ndarray:
+    """The runtime's mask rows [m, 1, T, past_len + T] -> [b, 1, T, PAST_PAD + past + T] for the bound past:
+    the dummy entry and every past column beyond what a row's mask shows are hidden; a padding row sees only
+    its own new tokens (causal), so its softmax stays finite."""
+    t = mask.shape[2]
+    keep = min(past, past_len)
+    if keep < past_len and (mask[..., keep:past_len] > NEG_INF / 2).any():
+        raise InputError(f"the attention mask shows past positions beyond the {past} the pass binds")
+    out = np.full((b, 1, t, PAST_PAD + past + t), NEG_INF, np.float32)
+    out[..., PAST_PAD + past:] = np.where(np.tri(t, dtype=bool), np.float32(0), NEG_INF)
+    out[at, :, :, PAST_PAD:PAST_PAD + keep] = mask[..., :keep]
+    out[at, :, :, PAST_PAD + past:] = mask[..., past_len:]
+    return out

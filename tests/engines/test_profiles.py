@@ -51,10 +51,10 @@ def test_decoder_two_profiles_never_zero_length():
     decode, prefill = graph_profiles(manifest(), "decoder")
     assert (decode.name, prefill.name) == ("decode", "prefill")
     assert decode.shapes["inputs_embeds"] == ((1, 1, D), (1, 1, D), (1, 1, D))
-    for p in (decode, prefill):
+    for p, past_max in ((decode, PAST_PAD + S), (prefill, PAST_PAD + S - 1)):  # decode: a slot's whole region
         lo, opt, hi = p.shapes["past_key.0"]
-        assert lo[1] == PAST_PAD >= 1 and hi[1] == PAST_PAD + S - 1  # the dummy slot keeps past non-empty
-        assert p.shapes["attention_mask"][2][3] == PAST_PAD + S
+        assert lo[1] == PAST_PAD >= 1 and hi[1] == past_max  # the dummy slot keeps past non-empty
+        assert p.shapes["attention_mask"][2][3] == past_max + 1
         for shapes in p.shapes.values():
             assert all(min(s) >= 1 for s in shapes) and shapes[0] <= shapes[1] <= shapes[2]
     assert prefill.shapes["inputs_embeds"][2] == (1, S, D)
@@ -64,9 +64,10 @@ def test_decoder_two_profiles_never_zero_length():
 def test_decoder_single_profile_and_limits():
     (one,) = graph_profiles(manifest(), "decoder", ProfileOptions(decoder_profiles=1, max_prompt=2048))
     assert one.shapes["inputs_embeds"] == ((1, 1, D), (1, 1, D), (1, 2048, D))
+    assert one.shapes["past_key.0"][2][1] == PAST_PAD + S  # it decodes too: the full bound
     small = manifest(max_seq_len=64)
-    for p in graph_profiles(small, "decoder"):
-        assert p.shapes["past_value.1"][2][1] == PAST_PAD + 63
+    for p, past_max in zip(graph_profiles(small, "decoder"), (PAST_PAD + 64, PAST_PAD + 63)):
+        assert p.shapes["past_value.1"][2][1] == past_max
         assert p.shapes["cos"][1][1] <= 64
 
 
@@ -93,8 +94,8 @@ def test_slots_batch_the_decode_profiles_only():
     opts = ProfileOptions(slots=8)
     decode, prefill = graph_profiles(m, "decoder", opts)
     assert decode.shapes["inputs_embeds"] == ((1, 1, D), (8, 1, D), (8, 1, D))
-    assert decode.shapes["past_key.1"][2] == (8, PAST_PAD + S - 1, H, HD)
-    assert decode.shapes["attention_mask"][2] == (8, 1, 1, PAST_PAD + S)
+    assert decode.shapes["past_key.1"][2] == (8, PAST_PAD + S, H, HD)  # what a pass over 8 slots binds
+    assert decode.shapes["attention_mask"][2] == (8, 1, 1, PAST_PAD + S + 1)
     assert {s[0] for shapes in prefill.shapes.values() for s in shapes} == {1}  # one page prefills at a time
     (step,) = graph_profiles(m, "decoder_step", opts)
     assert step.name == "decode" and step.shapes == decode.shapes

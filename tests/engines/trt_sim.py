@@ -3,18 +3,22 @@ TrtBackend's binding logic (profiles, pointer offsets into the KV cache, the dum
 run on CPU. A "plan" is JSON naming its ONNX graph and profiles; executing it runs the graph with
 ONNX Runtime, reading each input from and writing each output to the raw address bound to it.
 Fresh "device" memory is filled with 0xFF bytes (NaN as float) so reads of unwritten memory show.
+`executions` counts engine executions per ONNX file name (tests reset it).
 Also `run_steps`, the prefill-then-steps driver the CPU and GPU engine tests share.
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import json
+import os
 import types
 
 import numpy as np
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
              "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+executions: collections.Counter = collections.Counter()  # ONNX file name -> execute_async_v3 calls
 
 
 # -- polygraphy.cuda ---------------------------------------------------------------------------------
@@ -56,7 +60,7 @@ class _Wrapper:
 
 
 cuda = types.SimpleNamespace(DeviceArray=DeviceArray, Stream=Stream, wrapper=_Wrapper,
-                             MemcpyKind=types.SimpleNamespace(HostToDevice=1, DeviceToHost=2))
+                             MemcpyKind=types.SimpleNamespace(HostToDevice=1, DeviceToHost=2, DeviceToDevice=3))
 
 
 # -- tensorrt: build side ------------------------------------------------------------------------------
@@ -152,6 +156,7 @@ class _Context:
         return True
 
     def execute_async_v3(self, stream):
+        executions[os.path.basename(self.engine.onnx)] += 1
         sess, feeds = self.engine.session, {}
         for m in sess.get_inputs():
             shape, dtype = self.shapes[m.name], self.engine.dtypes[m.name]
@@ -168,6 +173,7 @@ class _Engine:
     def __init__(self, plan: dict):
         import onnxruntime as ort
 
+        self.onnx = plan["onnx"]
         self.session = ort.InferenceSession(plan["onnx"], providers=["CPUExecutionProvider"])
         self.profiles = plan["profiles"]
         metas = self.session.get_inputs() + self.session.get_outputs()

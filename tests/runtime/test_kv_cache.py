@@ -81,6 +81,22 @@ def test_bounds_and_their_past_length():
         KVCache(L, H, HD, S, policy="sideways")
 
 
+def test_device_bound_only_counts():
+    """policy "device" (the backend keeps the entries): P = the longest slot, no host past or staging."""
+    cache = KVCache(L, H, HD, S, batch=B, policy="device")
+    cache.lengths[:] = [3, 10, 0, 5]
+    assert cache.step([2], 1).bound == "prefix"
+    d = cache.step([0, 1, 3], 1)
+    assert d.bound == "device" and d.past_len == 10 and d.starts.tolist() == [3, 10, 5]
+    with pytest.raises(InputError, match="device"):
+        d.past(0)
+    with pytest.raises(InputError, match="device"):
+        d.present(0)
+    d.commit()
+    assert cache.lengths.tolist() == [4, 11, 0, 6]
+    assert not any(a.any() for a in cache.key + cache.value)
+
+
 def test_slot_mask_hides_what_a_slot_does_not_own():
     m = slot_mask(np.array([2, 0, 3]), 3, 2)  # [3, 1, 2, 5]
     visible = m[:, 0] == 0
