@@ -97,14 +97,15 @@ def kv_bounds(pipe, prompt, quick: bool) -> list[dict]:
 def decode(pipe, prompt, batches, steps: int, rounds: int, max_seq: int = MAX_SEQ, prefill_all: bool = True,
            on_batch=None) -> dict:
     """Aggregate decode tokens/s per batch size, rounds interleaved (every round visits every batch
-    size), median per batch. Each round makes its runner anew (only one batch's KV is resident).
+    size, after an untimed warm-up round), median per batch. Each round makes its runner anew (only
+    one batch's KV is resident).
     prefill_all=False prefills slot 0 only and gives the other slots its length (their positions
     hold zeros: same cost per pass, any values), for models whose prefill is slow. on_batch(b, runner)
     is called after each batch's timed passes (e.g. to sample the RSS)."""
     from dsocr.runtime.runner import BundleRunner
 
     rates = {b: [] for b in batches}
-    for _ in range(rounds):
+    for k in range(rounds + 1):  # round 0 warms every batch size up (arena sizes, thread pools), untimed
         for b in batches:
             r = BundleRunner(pipe.backend, max_seq, slots=b)
             first = int(np.argmax(r.prefill_slot(0, prompt)))
@@ -118,7 +119,8 @@ def decode(pipe, prompt, batches, steps: int, rounds: int, max_seq: int = MAX_SE
             t0 = time.perf_counter()
             for _ in range(steps):
                 tokens = np.argmax(r.step_slots(range(b), tokens), axis=-1).tolist()
-            rates[b].append(b * steps / (time.perf_counter() - t0))
+            if k:
+                rates[b].append(b * steps / (time.perf_counter() - t0))
             if on_batch:
                 on_batch(b, r)
             del r

@@ -89,6 +89,9 @@ def open_backend(a) -> tuple[object, float]:
             files = [graphs["embed"].file, backend.manifest.vision_graph(get_mode("small").base_size).file]
         elif a.phase == "batching":
             files = [graphs["embed"].file]
+        if a.phase in ("decode", "batching", "job"):  # the decoder graphs the passes run on (lazy otherwise:
+            files += [graphs[k].file for k in ("decoder", "decoder_step")  # the first step would load one)
+                      if k in graphs and (k == "decoder" or backend.step_graph)]
         else:
             files = [g.file for g in graphs.values() if g.role == "vision"]
         for f in files:  # create the sessions now (not inside a timing)
