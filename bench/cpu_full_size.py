@@ -1,19 +1,24 @@
 """Full-size DeepSeek-OCR on this CPU: dsocr's ONNX Runtime bundles (fp32, weight-only int8 / int4)
-against dsocr's PyTorch model in eager mode and against the memory-bandwidth ceiling. One command:
+against the memory-bandwidth ceiling, llama.cpp on the same weights and (optionally) dsocr's PyTorch
+model in eager mode, with continuous batching. One command:
 
-    python bench/cpu_full_size.py [--layers N] [--workdir DIR] [--json out.json]
+    python bench/cpu_full_size.py [--layers N] [--workdir DIR] [--json out.json] [--modes small]
 
 1. artifacts, made once and reused (fullsize_prepare.py): the real config with rule weights (bf16
-   safetensors), the fp32 bundle (modes tiny, small, base, gundam), the int8 and int4 variants;
+   safetensors), the fp32 bundle (`dsocr-export build`, its peak RSS measured), the shipped int8 and
+   int4 variants; llama.cpp and GGUF Q8_0 / Q4_0 of the same checkpoint (llama_cpp.py);
 2. memory bandwidth (membw.py);
 3. each backend in its own processes, one after another (fullsize_measure.py): encoder latency per
-   mode, Small/Base prefill, one Small page end to end with 256 greedy decode steps, peak RSS; two
-   passes over all backends (best of each), as other work on a shared machine comes and goes;
-4. one table of ratios (dsocr / eager, dsocr / ceiling) and a JSON file.
+   mode, prefill, one Small page end to end with 256 greedy decode steps (batch 1), then llama.cpp's
+   batch-1 decode at the matching bits, dsocr's batching sweep (--slots), llama.cpp's parallel
+   decode at the same slot counts; `--passes` passes (best of each), as other work on a shared
+   machine comes and goes; then the --job-pages page job (BatchEngine against one page after another);
+4. one table of ratios, the issue's targets and a JSON file whose top level names, for the best
+   variant, decode_vs_ceiling, decode_vs_llama_cpp, batch8_vs_batch1 and job16_vs_sequential.
 
---layers N cuts the decoder, SAM and CLIP depths to N (for development); the default is full size.
-The first full-size run spends ~30 min on artifacts (~27 GB in the work directory); a run that finds
-them takes ~30 min and needs ~16 GiB free memory (the eager fp32 model).
+--layers N cuts the decoder, SAM and CLIP depths to N (for development; no llama.cpp then); the default
+is full size. The first full-size run spends ~15 min on artifacts (~45 GB in the work directory with
+the GGUF files); `--backends eager,fp32,...` adds the eager model (~16 GiB free memory).
 """
 from __future__ import annotations
 
