@@ -88,7 +88,8 @@ def clamp_threads(threads: int | None) -> int | None:
 @click.option("--batch", type=click.IntRange(1, 256), default=None,
               help="Pages decoded together (slots of one KV cache). Default: from the bundle's KV bytes per "
                    "slot and the available memory (see `dsocr info`); 1 with --stream or --backend tensorrt "
-                   "(engines built with --slots N decode up to N slots in one pass).")
+                   "(engines built with --slots N decode up to N slots in one pass). Weight-only bundles: "
+                   "batched ids may differ from --batch 1 where two tokens nearly tie (kernel rounding).")
 @click.option("--stream", is_flag=True, help="Print the model's text as it is generated (one page at a time).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @library_errors
