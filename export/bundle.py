@@ -83,10 +83,11 @@ def _write_graphs(model: DeepseekOCR, stage: Path, sizes: list[int], bar) -> dic
     bar.update()
     model.model.embed_tokens = None
     bar.set_description("export decoder")
-    graphs["decoder"] = export_decoder(model, stage / "decoder.onnx")
+    placed: dict = {}
+    graphs["decoder"] = export_decoder(model, stage / "decoder.onnx", placed=placed)
     bar.update()
     bar.set_description("export decoder step")
-    graphs["decoder_step"] = export_decoder_step(model, stage / "decoder_step.onnx")
+    graphs["decoder_step"] = export_decoder_step(model, stage / "decoder_step.onnx", placed)  # experts shared
     bar.update()
     model.model.layers, model.lm_head = nn.ModuleList(), None
     gc.collect()

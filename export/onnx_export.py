@@ -24,7 +24,7 @@ from dsocr.runtime.modes import DOWNSAMPLE, PATCH
 
 from .model.decoder import MoE
 from .model.ocr import DeepseekOCR
-from .onnx_weights import attach_weights
+from .onnx_weights import attach_weights, stacked_regions
 
 OPSET = 17
 EXTERNAL_DATA_THRESHOLD = 256 << 20  # bytes of initializers above which weights go to <graph>.onnx.data
@@ -94,7 +94,8 @@ class _WeightsAsInputs(nn.Module):
 
 
 def _save(module: nn.Module, args: tuple, path: Path, names_in, names_out, dynamic_axes,
-          rename: Callable[[str], str], metadata: dict[str, str] | None = None) -> None:
+          rename: Callable[[str], str], metadata: dict[str, str] | None = None,
+          reuse: dict | None = None) -> dict:
     """Trace the structure only (weights as graph inputs), then attach the weights streaming; graphs
     whose weights exceed EXTERNAL_DATA_THRESHOLD keep them in one `<graph>.onnx.data` file."""
     params = dict(module.named_parameters(remove_duplicate=False))
@@ -110,9 +111,10 @@ def _save(module: nn.Module, args: tuple, path: Path, names_in, names_out, dynam
         )
         proto = onnx.load(str(raw))
     big = sum(t.numel() * 4 for t in params.values()) > EXTERNAL_DATA_THRESHOLD
-    attach_weights(proto, params, rename, path.with_name(path.name + ".data") if big else None)
+    placed = attach_weights(proto, params, rename, path.with_name(path.name + ".data") if big else None, reuse)
     onnx.helper.set_model_props(proto, metadata or {})
     onnx.save_model(proto, str(path))
+    return placed  # where the weights written to <graph>.onnx.data lie (attach_weights)
 
 
 def _strip(prefix: str) -> Callable[[str], str]:
@@ -181,9 +183,11 @@ def moe_formulation(model: nn.Module, formulation: str):
 
 
 def export_decoder(model: DeepseekOCR, path: Path, formulation: str = PREFILL_FORMULATION,
-                   role: str = "decoder") -> GraphSpec:
+                   role: str = "decoder", placed: dict | None = None, reuse: dict | None = None) -> GraphSpec:
     """The decoder with KV I/O; role "decoder" (any T, the prefill graph) or "decoder_step" (decode
-    steps: T = 1..slots new tokens per sequence), its MoE traced as `formulation`."""
+    steps: T = 1..slots new tokens per sequence), its MoE traced as `formulation`. `placed` (a dict)
+    receives where the weights went (onnx_weights.attach_weights); `reuse` points tensors at bytes
+    another graph wrote."""
     cfg = model.config.decoder
     n, h, hd, d = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.head_dim, cfg.hidden_size
     t, p = 3, 2  # trace sizes; both axes are symbolic in the graph
@@ -203,7 +207,9 @@ def export_decoder(model: DeepseekOCR, path: Path, formulation: str = PREFILL_FO
                                          "routed_scaling_factor": cfg.routed_scaling_factor,
                                          "experts": cfg.n_routed_experts})
     with moe_formulation(model, formulation):
-        _save(_Decoder(model), args, path, names_in, names_out, dyn, _strip("model."), meta)
+        where = _save(_Decoder(model), args, path, names_in, names_out, dyn, _strip("model."), meta, reuse)
+    if placed is not None:
+        placed.update(where)
     kv = lambda name, s: TensorSpec(name, "float32", ["batch", s, h, hd])  # noqa: E731
     return GraphSpec(
         role=role, file=path.name,
@@ -217,6 +223,9 @@ def export_decoder(model: DeepseekOCR, path: Path, formulation: str = PREFILL_FO
     )
 
 
-def export_decoder_step(model: DeepseekOCR, path: Path) -> GraphSpec:
-    """The decode-step decoder (role "decoder_step"): same I/O as the decoder, MoE as STEP_FORMULATION."""
-    return export_decoder(model, path, STEP_FORMULATION, role="decoder_step")
+def export_decoder_step(model: DeepseekOCR, path: Path, prefill_placed: dict | None = None) -> GraphSpec:
+    """The decode-step decoder (role "decoder_step"): same I/O as the decoder, MoE as STEP_FORMULATION.
+    prefill_placed: the prefill graph's placements (export_decoder's `placed`, same folder): its
+    expert regions become the step graph's stacks, not a second copy of the routed experts."""
+    reuse = stacked_regions(prefill_placed or {}, model.config.decoder.n_routed_experts)
+    return export_decoder(model, path, STEP_FORMULATION, role="decoder_step", reuse=reuse)
