@@ -100,7 +100,40 @@ def to_fp16(model: onnx.ModelProto, fp32_nodes: Iterable[str], fp32_ops: Iterabl
                                        op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(fp32_ops),
                                        node_block_list=sorted(set(fp32_nodes)))
     fold_cast_round_trips(out.graph)
+    topological_sort(out.graph)  # the converter appends some Casts after their consumers
     return out
+
+
+def topological_sort(graph) -> None:
+    """Reorder graph.node so that every node follows the producers of its inputs (the ONNX spec and
+    onnx.checker require it), keeping the existing order wherever it is already valid (Kahn's
+    algorithm, smallest index first). Hand-written: onnx_ir's TopologicalSortPass would round-trip the
+    whole model, weights included, through its IR."""
+    import heapq
+
+    nodes = list(graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    users: list[list[int]] = [[] for _ in nodes]
+    waiting = [0] * len(nodes)
+    for i, n in enumerate(nodes):
+        for j in {producer[x] for x in n.input if x in producer}:
+            users[j].append(i)
+            waiting[i] += 1
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if not waiting[u]:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        raise ValueError(f"{graph.name or 'graph'}: a cycle among {len(nodes) - len(order)} nodes")
+    if order != list(range(len(nodes))):
+        del graph.node[:]
+        graph.node.extend(nodes[i] for i in order)
 
 
 def _elem_types(graph) -> dict[str, int]:
