@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import batching  # noqa: E402  (batching.timed: median of repeats after a warm-up)
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "fixtures" / "reference"
@@ -67,16 +69,6 @@ def prepare(generation: str, work: Path) -> Path:
     return bundle
 
 
-def _median_s(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def measure(generation: str, backend: str, work: Path, repeats: int, threads: int | None) -> dict:
     """One (generation, backend): tile, global view and page latencies (s), peak RSS (GiB)."""
     import numpy as np
@@ -112,9 +104,9 @@ def measure(generation: str, backend: str, work: Path, repeats: int, threads: in
     m = pipe.mode(mode)
     with ctx:
         rows = {
-            "tile": _median_s(lambda: be.vision(tile_px), repeats),
-            "global": _median_s(lambda: be.vision(glob_px), repeats),
-            "page": _median_s(lambda: pipe.image_embeddings(page, m), repeats),
+            "tile": batching.timed(lambda: be.vision(tile_px), repeats),
+            "global": batching.timed(lambda: be.vision(glob_px), repeats),
+            "page": batching.timed(lambda: pipe.image_embeddings(page, m), repeats),
         }
         _, crop = pipe.image_embeddings(page, m)
     rows["crop"] = list(crop)

@@ -125,6 +125,8 @@ def stacked_regions(placed: Mapping[str, Placement], experts: int) -> dict[str, 
 
 
 def _external(name: str, shape, dtype, where: Placement) -> onnx.TensorProto:
+    """An initializer whose bytes lie at `where` (onnx's set_external_data needs the bytes in raw_data
+    first, the very copy this module avoids)."""
     t = onnx.TensorProto()
     t.name, t.data_type = name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     t.dims.extend(shape)

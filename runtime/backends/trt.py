@@ -41,6 +41,7 @@ of 256 bytes (DeepSeek-OCR: 10 * 128 * 4 = 5120).
 from __future__ import annotations
 
 import ctypes
+import functools
 import re
 import subprocess
 from pathlib import Path
@@ -354,10 +355,10 @@ class TrtBackend(Backend):
                        for i in range(kv.num_layers) for w in ("key", "value")})
         return shapes
 
-    @property
+    @functools.cached_property
     def max_decode_batch(self) -> int | None:
         """The most slots the decode profile admits for a batched pass (1 for engines built batch 1, or
-        built before the decode profile reached PAST_PAD + S)."""
+        built before the decode profile reached PAST_PAD + S); fixed by the plans, read every pass."""
         return max(1, self._plans["decoder"].most_rows(self._past_shapes(1, 1, self.manifest.kv.max_seq_len)))
 
     def _decode_impl(self, embeds, cos, sin, mask, step: KVStep) -> np.ndarray:
