@@ -335,25 +335,33 @@ static void *worker(void *arg) { /* one create/run/destroy cycle */
     return NULL;
 }
 
+/* `like`'s job on `model` from n threads at once: each must succeed with `like`'s markdown. */
+static void same_on_threads(const job *like, dsocr_model *model, int n) {
+    pthread_t th[8];
+    job jobs[8];
+    CHECK(n <= 8);
+    if (n > 8) return;
+    for (int i = 0; i < n; i++) {
+        jobs[i] = *like;
+        jobs[i].model = model;
+        jobs[i].status = DSOCR_ERR_INTERNAL;
+        jobs[i].markdown[0] = '\0';
+        CHECK(pthread_create(&th[i], NULL, worker, &jobs[i]) == 0);
+    }
+    for (int i = 0; i < n; i++) {
+        pthread_join(th[i], NULL);
+        CHECK(jobs[i].status == DSOCR_OK);
+        CHECK(strcmp(jobs[i].markdown, like->markdown) == 0);
+    }
+}
+
 static void test_threads(dsocr_model *m, bytes png, job *reference_out) {
     enum { N = 4 };
     job reference = {m, png, 6, DSOCR_ERR_INTERNAL, ""};
     worker(&reference);
     *reference_out = reference;
     CHECK(reference.status == DSOCR_OK);
-    pthread_t th[N];
-    job jobs[N];
-    for (int i = 0; i < N; i++) {
-        jobs[i] = reference;
-        jobs[i].status = DSOCR_ERR_INTERNAL;
-        jobs[i].markdown[0] = '\0';
-        CHECK(pthread_create(&th[i], NULL, worker, &jobs[i]) == 0);
-    }
-    for (int i = 0; i < N; i++) {
-        pthread_join(th[i], NULL);
-        CHECK(jobs[i].status == DSOCR_OK);
-        CHECK(strcmp(jobs[i].markdown, reference.markdown) == 0); /* no state shared between sessions */
-    }
+    same_on_threads(&reference, m, N); /* no state shared between sessions */
 }
 
 typedef struct { dsocr_model *model; bytes png; int stop_after; int pieces; dsocr_status status;
@@ -392,20 +400,8 @@ static void test_batched(const char *bundle, bytes png, const job *alone) {
     mo.max_seq_len = 512;
     mo.max_batch = N;
     CHECK(dsocr_model_create(bundle, &mo, &m) == DSOCR_OK);
+    same_on_threads(alone, m, N); /* batched == alone */
     pthread_t th[N];
-    job jobs[N];
-    for (int i = 0; i < N; i++) {
-        jobs[i] = *alone;
-        jobs[i].model = m;
-        jobs[i].status = DSOCR_ERR_INTERNAL;
-        jobs[i].markdown[0] = '\0';
-        CHECK(pthread_create(&th[i], NULL, worker, &jobs[i]) == 0);
-    }
-    for (int i = 0; i < N; i++) {
-        pthread_join(th[i], NULL);
-        CHECK(jobs[i].status == DSOCR_OK);
-        CHECK(strcmp(jobs[i].markdown, alone->markdown) == 0); /* batched == alone */
-    }
     stream_job streams[N];
     for (int i = 0; i < N; i++) {
         memset(&streams[i], 0, sizeof streams[i]);
